@@ -1,0 +1,86 @@
+"""The classification stage of a run: backbone + heads over the run's image store, resumable.
+
+``classify_image_store`` loads the backbone, builds a zero-shot head per attribute, classifies
+every image once, and keeps the predictions in a Parquet cache keyed by model id and image set,
+so a rerun with the same model and images skips the backbone entirely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from classify.backbone import load_backbone
+from classify.heads import zero_shot_heads
+from classify.predict import predict_attributes
+from classify.schema import ATTRIBUTES
+
+UNTRAINED_WARNING = (
+    "UNTRAINED MODEL: the '{model}' backbone has random weights, so every label below is noise. "
+    "Use it to check the pipeline, never as a result. Real runs use --model vit-b16 (downloads OpenAI "
+    "weights once) or --weights PATH."
+)
+
+
+@dataclass
+class ClassificationResult:
+    predictions: pa.Table  # predictions contract without run_id
+    failures: pd.DataFrame  # item_id, stage, reason
+    model: dict = field(default_factory=dict)  # name, model_id, trained, weights source, heads
+    reused: bool = False  # True when the cached predictions were reused
+
+
+def _cache_key(model_ids: dict[str, str], images: pd.DataFrame) -> str:
+    digest = hashlib.sha256(json.dumps(model_ids, sort_keys=True).encode())
+    for image_id, sha in sorted(zip(images["image_id"].astype(str), images["sha256"].fillna(""))):
+        digest.update(f"{image_id}:{sha}\n".encode())
+    return digest.hexdigest()
+
+
+def classify_image_store(images: pd.DataFrame, store: Path, *, model: str = "vit-b16",
+                         weights: str | os.PathLike | None = None, device: str | None = None,
+                         batch_size: int = 32, cache_dir: Path | None = None,
+                         progress: bool = True) -> ClassificationResult:
+    """Predict all 8 attributes for each image (``path`` relative to ``store``).
+
+    With ``cache_dir``, predictions are written there and reused when the model and the
+    images (ids and sha256) are unchanged.
+    """
+    backbone = load_backbone(model, weights=weights, device=device)
+    heads = zero_shot_heads(backbone, ATTRIBUTES.values())
+    model_ids = {name: f"{backbone.model_id}+{head.head_id}" for name, head in heads.items()}
+    info = {
+        "name": model,
+        "open_clip_name": backbone.spec.open_clip_name,
+        "weights": backbone.weights_source,
+        "backbone_id": backbone.model_id,
+        "backbone_sha256": backbone.weights_sha256,
+        "trained": backbone.trained,
+        "device": str(backbone.device),
+        "heads": {name: {"method": head.method, "model_id": model_ids[name]} for name, head in heads.items()},
+    }
+    cache = None
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        cache = cache_dir / f"predictions-{_cache_key(model_ids, images)[:16]}.parquet"
+        failures_cache = cache.with_suffix(".failures.parquet")
+        if cache.is_file() and failures_cache.is_file():
+            return ClassificationResult(pq.read_table(cache), pd.read_parquet(failures_cache), info, reused=True)
+
+    frame = pd.DataFrame({"image_id": images["image_id"], "file": [str(store / p) for p in images["path"]]})
+    result = predict_attributes(frame, backbone, heads, batch_size=batch_size, progress=progress)
+    failures = result.failures.rename(columns={"image_id": "item_id"})
+    if cache is not None:
+        for table_path, write in ((failures_cache, lambda p: failures.to_parquet(p, index=False)),
+                                  (cache, lambda p: pq.write_table(result.predictions, p))):
+            partial = table_path.with_name(f".{table_path.name}.partial")
+            write(partial)
+            os.replace(partial, table_path)  # the predictions file lands last: it marks the cache complete
+    return ClassificationResult(result.predictions, failures, info)

@@ -1,0 +1,139 @@
+"""The ``city-audit`` Prefect flow: bbox -> images -> attributes -> roads -> maps.
+
+Each task calls one function of ``geo``, ``classify`` or ``warehouse``; the flow only wires
+them and records timings. Run it with ``city-audit run`` (the CLI calls this flow), or serve it
+as a deployment (``city-audit serve``) and start runs with ``prefect deployment run``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from classify.schema import ATTRIBUTES
+from classify.stage import UNTRAINED_WARNING, classify_image_store
+from geo.bbox import DEFAULT_MAX_AREA_KM2, BBox, parse_bbox
+from geo.imagery import ImageCollection, collect_images, make_source
+from geo.roads import ROADS_ATTRIBUTION, load_road_segments
+from warehouse.build import DEFAULT_MAX_DISTANCE_M, AuditCounts, build_audit_database
+from warehouse.export import export_run
+from warehouse.manifest import write_manifest
+
+stage = task(cache_policy=NO_CACHE)  # stages are resumable on disk; Prefect need not hash DataFrames
+
+
+@stage(name="validate bbox")
+def validate_bbox(bbox: str | list[float], max_area_km2: float | None) -> BBox:
+    return parse_bbox(bbox, max_area_km2=max_area_km2)
+
+
+@stage(name="collect images")
+def collect(bbox: BBox, source: str, images: str | None, store: Path, max_images: int | None) -> ImageCollection:
+    return collect_images(make_source(source, images), bbox, store, max_images=max_images)
+
+
+@stage(name="load road segments")
+def road_segments(bbox: BBox, roads: str):
+    return load_road_segments(bbox, roads)
+
+
+@stage(name="classify images")
+def classify(collection: ImageCollection, store: Path, model: str, weights: str | None, device: str | None,
+             batch_size: int, cache_dir: Path):
+    return classify_image_store(collection.images, store, model=model, weights=weights, device=device,
+                                batch_size=batch_size, cache_dir=cache_dir)
+
+
+@stage(name="build audit database")
+def build_database(database: Path, **tables) -> AuditCounts:
+    return build_audit_database(database, **tables)
+
+
+@stage(name="export maps")
+def export(database: Path, out: Path) -> dict[str, str]:
+    return export_run(database, out, list(ATTRIBUTES))
+
+
+@flow(name="city-audit", log_prints=True)
+def city_audit(
+    bbox: str | list[float],
+    source: str = "sample",
+    images: str | None = None,
+    roads: str = "sample",
+    model: str = "vit-b16",
+    weights: str | None = None,
+    out: str = "outputs/city-audit",
+    max_distance_m: float = DEFAULT_MAX_DISTANCE_M,
+    max_images: int | None = None,
+    max_area_km2: float | None = DEFAULT_MAX_AREA_KM2,
+    batch_size: int = 32,
+    device: str | None = None,
+) -> dict:
+    """Audit the streets in ``bbox``.
+
+    bbox: "minlon,minlat,maxlon,maxlat" or [minlon, minlat, maxlon, maxlat] (WGS84).
+    source: "sample" (bundled Stuttgart area) or "folder" (with ``images`` = a folder holding
+    images.parquet/images.csv). roads: "sample" or a vector file of road lines. model: "vit-b16"
+    (OpenAI weights, downloaded once) or "tiny" (random, untrained; offline tests). weights: a
+    local checkpoint file. out: the output folder. Returns the run summary.
+    """
+    logger = get_run_logger()
+    parameters = dict(bbox=bbox, source=source, images=images, roads=roads, model=model, weights=weights, out=out,
+                      max_distance_m=max_distance_m, max_images=max_images, max_area_km2=max_area_km2,
+                      batch_size=batch_size, device=device)
+    run_id = str(flow_run.id or uuid.uuid4())
+    out_dir = Path(out).expanduser().resolve()
+    store, work = out_dir / "images", out_dir / "work"
+    timings: dict[str, float] = {}
+
+    def timed(name, fn, *args, **kwargs):
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        timings[name] = time.perf_counter() - start
+        return result
+
+    area = timed("validate_bbox", validate_bbox, bbox, max_area_km2)
+    parameters["bbox"] = area.as_list()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    collection = timed("collect_images", collect, area, source, images, store, max_images)
+    segments = timed("load_road_segments", road_segments, area, roads)
+    classified = timed("classify_images", classify, collection, store, model, weights, device, batch_size, work)
+    if not classified.model["trained"]:
+        logger.warning(UNTRAINED_WARNING.format(model=model))
+    failures = pd.concat([collection.failures, classified.failures], ignore_index=True)
+    partial_db = out_dir / ".audit.duckdb.partial"
+    counts = timed("build_audit_database", build_database, partial_db, images=collection.images, segments=segments,
+                   predictions=classified.predictions, failures=failures,
+                   run_id=run_id, metric_crs=area.utm_crs(), max_distance_m=max_distance_m)
+    shutil.move(partial_db, out_dir / "audit.duckdb")
+    outputs = timed("export_maps", export, out_dir / "audit.duckdb", out_dir)
+    outputs.update(database=str(out_dir / "audit.duckdb"), image_store=str(store))
+    summary = {
+        "run_id": run_id,
+        "out": str(out_dir),
+        "model_trained": classified.model["trained"],
+        "images": counts.images,
+        "matched_images": counts.matched_images,
+        "segments": counts.segments,
+        "segments_with_predictions": counts.segments_with_images,
+        "predictions": counts.predictions,
+        "failures": len(failures),
+        "predictions_reused": classified.reused,
+    }
+    attribution = [make_source(source, images).attribution, ROADS_ATTRIBUTION.get(roads, f"roads from {roads}"),
+                   "attribute schema: Global StreetScapes (Hou et al. 2024, ISPRS J. 215:216-238)"]
+    outputs["manifest"] = str(write_manifest(
+        out_dir / "run.json", run_id=run_id, parameters=parameters, model=classified.model,
+        counts={k: v for k, v in summary.items() if isinstance(v, int) and not isinstance(v, bool)},
+        timings_s=timings, failures=failures.to_dict("records"), outputs=outputs, attribution=attribution))
+    summary["outputs"] = outputs
+    logger.info("city-audit finished: %(images)d images, %(matched_images)d matched to roads, "
+                "%(segments_with_predictions)d of %(segments)d segments with predictions -> %(out)s", summary)
+    return summary

@@ -1,0 +1,124 @@
+"""Bounding boxes: parse the forms users type, refuse bad ones before any work starts.
+
+Accepted: ``"minlon,minlat,maxlon,maxlat"`` (spaces allowed), a JSON list string
+``"[minlon, minlat, maxlon, maxlat]"``, or a list/tuple of 4 numbers. Coordinates are WGS84
+degrees. Every refusal is a ``BBoxError`` that says what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from pyproj import Geod
+
+#: Largest area accepted by default; a whole large city fits, a country does not.
+DEFAULT_MAX_AREA_KM2 = 2_500.0
+_GEOD = Geod(ellps="WGS84")
+_FORM = "give it as minlon,minlat,maxlon,maxlat in WGS84 degrees, e.g. 9.16,48.76,9.18,48.78"
+
+
+class BBoxError(ValueError):
+    """A bounding box that cannot be used, with the reason and the fix in the message."""
+
+
+@dataclass(frozen=True)
+class BBox:
+    """A WGS84 longitude/latitude box."""
+
+    min_lon: float
+    min_lat: float
+    max_lon: float
+    max_lat: float
+
+    def as_list(self) -> list[float]:
+        return [self.min_lon, self.min_lat, self.max_lon, self.max_lat]
+
+    def __str__(self) -> str:
+        return ",".join(f"{v:.6f}".rstrip("0").rstrip(".") for v in self.as_list())
+
+    @property
+    def area_km2(self) -> float:
+        """Geodesic area of the box on the WGS84 ellipsoid."""
+        lons = [self.min_lon, self.max_lon, self.max_lon, self.min_lon]
+        lats = [self.min_lat, self.min_lat, self.max_lat, self.max_lat]
+        area_m2, _ = _GEOD.polygon_area_perimeter(lons, lats)
+        return abs(area_m2) / 1e6
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.min_lon + self.max_lon) / 2, (self.min_lat + self.max_lat) / 2
+
+    def contains(self, lon: float, lat: float) -> bool:
+        return self.min_lon <= lon <= self.max_lon and self.min_lat <= lat <= self.max_lat
+
+    def utm_crs(self) -> str:
+        """The UTM zone CRS (``EPSG:326xx`` north, ``EPSG:327xx`` south) of the box centre, for metric work."""
+        lon, lat = self.center
+        zone = min(60, int(math.floor((lon + 180) / 6)) + 1)
+        return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
+
+
+def _values(raw: str | Sequence[float]) -> list[float]:
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.startswith("["):
+            try:
+                raw = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise BBoxError(f"bbox {raw!r} is not a valid JSON list ({exc.msg}); {_FORM}") from None
+        else:
+            raw = [p for p in text.replace(" ", ",").split(",") if p]
+    if isinstance(raw, dict) or not isinstance(raw, (list, tuple)):
+        raise BBoxError(f"bbox {raw!r} is not a list of 4 numbers; {_FORM}")
+    if len(raw) != 4:
+        raise BBoxError(f"bbox needs exactly 4 numbers, got {len(raw)} ({raw!r}); {_FORM}")
+    values = []
+    for item in raw:
+        try:
+            value = float(item)
+        except (TypeError, ValueError):
+            raise BBoxError(f"bbox value {item!r} is not a number; {_FORM}") from None
+        if not math.isfinite(value):
+            raise BBoxError(f"bbox value {item!r} is not finite; {_FORM}")
+        values.append(value)
+    return values
+
+
+def parse_bbox(raw: str | Sequence[float] | BBox, max_area_km2: float | None = DEFAULT_MAX_AREA_KM2) -> BBox:
+    """Parse and validate a bounding box.
+
+    Refuses: not 4 numbers, longitudes outside [-180, 180], latitudes outside [-90, 90],
+    swapped corners (min > max, including lat/lon given in the wrong order), zero area, and
+    boxes larger than ``max_area_km2`` (``None`` disables that check).
+    """
+    if isinstance(raw, BBox):
+        values = raw.as_list()
+    else:
+        values = _values(raw)
+    min_lon, min_lat, max_lon, max_lat = values
+    for name, value in (("min longitude", min_lon), ("max longitude", max_lon)):
+        if not -180 <= value <= 180:
+            hint = " (did you give latitude first? the order is lon,lat)" if -90 <= min_lat <= 90 and abs(value) > 90 else ""
+            raise BBoxError(f"{name} {value} is outside [-180, 180]{hint}; {_FORM}")
+    for name, value in (("min latitude", min_lat), ("max latitude", max_lat)):
+        if not -90 <= value <= 90:
+            hint = " (did you give latitude first? the order is lon,lat)" if abs(value) <= 180 else ""
+            raise BBoxError(f"{name} {value} is outside [-90, 90]{hint}; {_FORM}")
+    if min_lon > max_lon or min_lat > max_lat:
+        raise BBoxError(
+            f"bbox corners are swapped: min must be south-west and max north-east, got "
+            f"minlon={min_lon} maxlon={max_lon}, minlat={min_lat} maxlat={max_lat}; "
+            f"did you mean {min(min_lon, max_lon)},{min(min_lat, max_lat)},{max(min_lon, max_lon)},{max(min_lat, max_lat)}?"
+        )
+    if min_lon == max_lon or min_lat == max_lat:
+        raise BBoxError(f"bbox {values} has zero area (min equals max); widen it so both sides are positive")
+    bbox = BBox(min_lon, min_lat, max_lon, max_lat)
+    if max_area_km2 is not None and bbox.area_km2 > max_area_km2:
+        raise BBoxError(
+            f"bbox covers {bbox.area_km2:,.0f} km², more than the limit of {max_area_km2:,.0f} km²; "
+            f"split the area into smaller boxes or raise the limit (--max-area-km2)"
+        )
+    return bbox

@@ -1,0 +1,70 @@
+"""Road segments for a bounding box, in the ``segments`` contract.
+
+Sources: ``sample`` (the bundled 190 OSM edges around the Stuttgart sample images) or the path
+of a vector file of road lines (GeoParquet, GeoPackage, GeoJSON, ...). Segments that intersect
+the bbox are kept whole; ``length_m`` is geodesic on the WGS84 ellipsoid.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import geopandas as gpd
+import pandas as pd
+from pyproj import Geod
+from shapely.geometry import box
+
+from geo.bbox import BBox
+from geo.imagery import SAMPLE_AREA
+
+_GEOD = Geod(ellps="WGS84")
+SAMPLE_ROADS = SAMPLE_AREA / "roads.parquet"
+ROADS_ATTRIBUTION = {"sample": "roads © OpenStreetMap contributors, ODbL 1.0"}
+
+
+class RoadSourceError(RuntimeError):
+    """Roads that cannot be read or have no line geometry."""
+
+
+def _read(roads: str | os.PathLike) -> gpd.GeoDataFrame:
+    path = SAMPLE_ROADS if str(roads) == "sample" else Path(roads).expanduser()
+    if not path.is_file():
+        raise RoadSourceError(f"road file {str(path)!r} does not exist; pass 'sample' or a GeoParquet/GeoPackage/GeoJSON of road lines")
+    try:
+        frame = gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path)
+    except Exception as exc:  # noqa: BLE001
+        raise RoadSourceError(f"could not read roads from {str(path)!r}: {exc}") from exc
+    if frame.crs is None:
+        raise RoadSourceError(f"{str(path)!r} has no CRS; save it with one (EPSG:4326 expected)")
+    return frame.to_crs("EPSG:4326")
+
+
+def load_road_segments(bbox: BBox, roads: str | os.PathLike = "sample") -> gpd.GeoDataFrame:
+    """Road segments intersecting ``bbox`` with ``segment_id, osm_way_id, highway, name, length_m, geometry``."""
+    frame = _read(roads)
+    lines = frame[frame.geometry.geom_type.isin(["LineString", "MultiLineString"])]
+    if len(frame) and lines.empty:
+        raise RoadSourceError(f"{roads!r} has no LineString geometries (found {sorted(set(frame.geom_type))})")
+    lines = lines.explode(index_parts=False, ignore_index=True)
+    lines = lines[lines.intersects(box(*bbox.as_list()))].reset_index(drop=True)
+    if "segment_id" in lines:
+        segment_id = lines["segment_id"].astype(str)
+    elif "osm_way_id" in lines:
+        segment_id = "osm:" + lines["osm_way_id"].astype(str) + ":" + lines.groupby("osm_way_id").cumcount().astype(str)
+    else:
+        segment_id = pd.Series([f"seg:{i}" for i in range(len(lines))])
+    segments = gpd.GeoDataFrame(
+        {
+            "segment_id": segment_id.to_numpy(),
+            "osm_way_id": pd.array(lines["osm_way_id"] if "osm_way_id" in lines else [None] * len(lines), dtype="Int64"),
+            "highway": lines["highway"].astype("string") if "highway" in lines else pd.array([None] * len(lines), dtype="string"),
+            "name": lines["name"].astype("string") if "name" in lines else pd.array([None] * len(lines), dtype="string"),
+            "length_m": [_GEOD.geometry_length(g) for g in lines.geometry],
+        },
+        geometry=lines.geometry.to_numpy(),
+        crs="EPSG:4326",
+    )
+    if segments["segment_id"].duplicated().any():
+        raise RoadSourceError(f"{roads!r}: segment_id values are not unique")
+    return segments

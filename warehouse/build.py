@@ -1,0 +1,89 @@
+"""Build a run's DuckDB database: load the stage tables, match images to roads, aggregate.
+
+``build_audit_database`` is the whole warehouse stage: it creates the contract tables
+(``sql/schema.sql``), loads images, segments, predictions and failures, matches each image to
+its nearest segment (``sql/match_images.sql``), aggregates labels per segment
+(``sql/aggregate_segments.sql``) and creates the planner views (``sql/views.sql``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import geopandas as gpd
+import pandas as pd
+import pyarrow as pa
+
+from warehouse.db import connect, sql
+
+DEFAULT_MAX_DISTANCE_M = 25.0
+WILSON_Z_95 = 1.959964
+
+
+@dataclass
+class AuditCounts:
+    images: int
+    segments: int
+    predictions: int
+    matched_images: int
+    segments_with_images: int
+    failures: int
+
+
+def _load_images(con: duckdb.DuckDBPyConnection, images: pd.DataFrame) -> None:
+    con.register("images_in", images)
+    con.execute("""
+        INSERT INTO images
+        SELECT image_id, source, sequence_id, captured_at, compass_angle, is_pano, camera_type, lon, lat,
+               ST_Point(lon, lat), width, height, path, sha256, fetched_at
+        FROM images_in
+    """)
+    con.unregister("images_in")
+
+
+def _load_segments(con: duckdb.DuckDBPyConnection, segments: gpd.GeoDataFrame) -> None:
+    frame = pd.DataFrame(segments.drop(columns="geometry"))
+    frame["wkb"] = segments.geometry.to_wkb()
+    con.register("segments_in", frame)
+    con.execute("""
+        INSERT INTO segments
+        SELECT segment_id, osm_way_id, highway, name, length_m, ST_GeomFromWKB(wkb) FROM segments_in
+    """)
+    con.unregister("segments_in")
+
+
+def _load_table(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table | pd.DataFrame) -> None:
+    con.register("rows_in", data)
+    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM rows_in")  # table names are constants of this module
+    con.unregister("rows_in")
+
+
+def build_audit_database(database: str | os.PathLike, *, images: pd.DataFrame, segments: gpd.GeoDataFrame,
+                         predictions: pa.Table, failures: pd.DataFrame, run_id: str, metric_crs: str,
+                         max_distance_m: float = DEFAULT_MAX_DISTANCE_M) -> AuditCounts:
+    """Create ``database`` from scratch and fill it; returns row counts for the run manifest.
+
+    ``predictions`` follows the predictions contract without ``run_id`` (added here);
+    ``metric_crs`` is a projected CRS in metres (e.g. the bbox's UTM zone) used for distances.
+    """
+    database = Path(database)
+    database.unlink(missing_ok=True)
+    Path(f"{database}.wal").unlink(missing_ok=True)
+    with connect(database) as con:
+        con.execute(sql("schema"))
+        _load_images(con, images)
+        _load_segments(con, segments)
+        _load_table(con, "predictions", predictions.append_column("run_id", pa.array([run_id] * predictions.num_rows, pa.string())))
+        _load_table(con, "failures", failures)
+        con.execute(sql("match_images"), {"metric_crs": metric_crs, "max_distance_m": max_distance_m})
+        con.execute(sql("aggregate_segments"), {"z": WILSON_Z_95})
+        con.execute(sql("views"))
+        counts = con.execute("""
+            SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM segments), (SELECT count(*) FROM predictions),
+                   (SELECT count(*) FROM matches), (SELECT count(DISTINCT segment_id) FROM matches),
+                   (SELECT count(*) FROM failures)
+        """).fetchone()
+    return AuditCounts(*counts)

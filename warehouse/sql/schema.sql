@@ -1,0 +1,67 @@
+-- The run database: one table per data contract (architecture §2). Geometry is WGS84 lon/lat.
+CREATE TABLE IF NOT EXISTS images (
+    image_id      VARCHAR PRIMARY KEY,
+    source        VARCHAR,
+    sequence_id   VARCHAR,
+    captured_at   TIMESTAMPTZ,
+    compass_angle DOUBLE,     -- degrees clockwise from north
+    is_pano       BOOLEAN,
+    camera_type   VARCHAR,
+    lon           DOUBLE NOT NULL,
+    lat           DOUBLE NOT NULL,
+    geometry      GEOMETRY,   -- POINT(lon lat)
+    width         INTEGER,
+    height        INTEGER,
+    path          VARCHAR,    -- relative to the run's image store (images/)
+    sha256        VARCHAR,
+    fetched_at    TIMESTAMPTZ
+);
+
+CREATE TABLE IF NOT EXISTS segments (
+    segment_id  VARCHAR PRIMARY KEY,
+    osm_way_id  BIGINT,
+    highway     VARCHAR,
+    name        VARCHAR,
+    length_m    DOUBLE,
+    geometry    GEOMETRY      -- LINESTRING, lon lat
+);
+
+CREATE TABLE IF NOT EXISTS predictions (
+    image_id      VARCHAR NOT NULL,
+    attribute     VARCHAR NOT NULL,
+    label         VARCHAR NOT NULL,
+    confidence    FLOAT,
+    probabilities MAP(VARCHAR, FLOAT),
+    method        VARCHAR NOT NULL,  -- zeroshot, mhadapter, microclip, fair
+    model_id      VARCHAR NOT NULL,  -- backbone content hash + head id
+    run_id        VARCHAR NOT NULL,
+    PRIMARY KEY (image_id, attribute, run_id)
+);
+
+CREATE TABLE IF NOT EXISTS matches (
+    image_id               VARCHAR PRIMARY KEY,
+    segment_id             VARCHAR NOT NULL,
+    distance_m             DOUBLE,
+    heading_difference_deg DOUBLE   -- 0..90 between camera heading and road bearing; NULL for panoramas
+);
+
+CREATE TABLE IF NOT EXISTS segment_attributes (
+    segment_id         VARCHAR NOT NULL,
+    attribute          VARCHAR NOT NULL,
+    n_images           INTEGER,
+    label              VARCHAR,   -- dominant label
+    share              DOUBLE,    -- share of images with the dominant label
+    share_ci_low       DOUBLE,    -- 95% Wilson interval of that share
+    share_ci_high      DOUBLE,
+    mean_confidence    DOUBLE,
+    label_counts       MAP(VARCHAR, BIGINT),
+    first_captured_at  TIMESTAMPTZ,
+    last_captured_at   TIMESTAMPTZ,
+    PRIMARY KEY (segment_id, attribute)
+);
+
+CREATE TABLE IF NOT EXISTS failures (
+    item_id  VARCHAR,
+    stage    VARCHAR,
+    reason   VARCHAR
+);
