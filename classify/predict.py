@@ -86,12 +86,16 @@ def predict_attributes(images: pd.DataFrame, backbone: Backbone, heads: Mapping[
     """
     files = images["file"].astype(str).tolist()
     ids = images["image_id"].astype(str).tolist()
+    workers = default_num_workers(len(files)) if num_workers is None else num_workers
     loader = DataLoader(
         _ImageFiles(files, backbone.preprocess),
         batch_size=batch_size,
-        num_workers=default_num_workers(len(files)) if num_workers is None else num_workers,
+        num_workers=workers,
         collate_fn=_collate,
         pin_memory=backbone.device.type == "cuda",
+        # Workers start from a clean forkserver: forking a process that runs Prefect's server and
+        # logging threads (as a flow task does) can kill a worker at start-up.
+        multiprocessing_context="forkserver" if workers else None,
     )
     columns: dict[str, list] = {name: [] for name in PREDICTION_SCHEMA.names}
     failures = []
