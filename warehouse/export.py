@@ -59,7 +59,8 @@ def export_images(con: duckdb.DuckDBPyConnection, path: str | os.PathLike, attri
     """Write ``images.parquet`` from a built audit database."""
     long = con.execute(sql("export_images")).df()
     keys = ["image_id", "source", "sequence_id", "captured_at", "compass_angle", "is_pano", "camera_type", "lon", "lat",
-            "width", "height", "path", "sha256", "wkb", "segment_id", "distance_m", "heading_difference_deg"]
+            "width", "height", "path", "sha256", "wkb", "segment_id", "distance_m", "heading_difference_deg",
+            "unmatched_reason"]
     wide = _wide(long, keys, IMAGE_GROUP, attributes)
     methods = long.dropna(subset=["attribute"]).groupby("image_id")["method"].agg(lambda m: ",".join(sorted(set(m))))
     wide["method"] = wide["image_id"].map(methods)
