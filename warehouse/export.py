@@ -26,14 +26,22 @@ from warehouse.db import sql
 SEGMENT_GROUP = ("label", "share", "share_ci_low", "share_ci_high", "mean_confidence", "label_counts")
 IMAGE_GROUP = ("label", "confidence")
 TILE_ZOOM = 14
+ROW_GROUP_SIZE = 16_384
 
 
-def write_geoparquet(frame: gpd.GeoDataFrame, path: str | os.PathLike) -> Path:
-    """Write GeoParquet 1.1 (bbox covering column, CRS) to a temporary name, then rename."""
+def write_geoparquet(frame: gpd.GeoDataFrame, path: str | os.PathLike, row_group_size: int = ROW_GROUP_SIZE) -> Path:
+    """Write GeoParquet 1.1 (bbox covering column, CRS) to a temporary name, then rename.
+
+    Rows are sorted along a Hilbert curve and written in row groups of ``row_group_size`` so
+    readers (GDAL >= 3.9, DuckDB) can skip row groups outside a bbox in large files.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    frame.to_parquet(partial, index=False, schema_version="1.1.0", write_covering_bbox=True, compression="zstd")
+    if len(frame) > 1:
+        frame = frame.iloc[np.argsort(frame.hilbert_distance().to_numpy(), kind="stable")]
+    frame.to_parquet(partial, index=False, schema_version="1.1.0", write_covering_bbox=True, compression="zstd",
+                     row_group_size=row_group_size)
     os.replace(partial, path)
     return path
 
