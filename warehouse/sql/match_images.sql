@@ -20,15 +20,26 @@ seg AS (
     FROM segments
 ),
 candidates AS (
-    SELECT img.image_id, img.heading_deg, seg.segment_id, seg.g AS seg_g, ST_Length(seg.g) AS seg_length_m,
-           ST_Distance(img.g, seg.g) AS distance_m, ST_LineLocatePoint(seg.g, img.g) AS at_fraction
+    SELECT img.image_id, img.heading_deg, seg.segment_id, ST_Distance(img.g, seg.g) AS distance_m
     FROM img JOIN seg ON ST_DWithin(img.g, seg.g, $max_distance_m)
+),
+contenders AS (
+    -- a score is never below the distance, and the nearest segment scores at most its distance plus
+    -- the penalty: only segments within that margin of the nearest can win (for images without a
+    -- heading, only the nearest). Bearings are computed for these alone.
+    SELECT * FROM candidates
+    QUALIFY distance_m <= min(distance_m) OVER (PARTITION BY image_id)
+                          + CASE WHEN heading_deg IS NULL THEN 0 ELSE $heading_penalty_m END
+),
+located AS (
+    SELECT c.*, seg.g AS seg_g, ST_Length(seg.g) AS seg_length_m, ST_LineLocatePoint(seg.g, img.g) AS at_fraction
+    FROM contenders c JOIN img USING (image_id) JOIN seg USING (segment_id)
 ),
 local_bearing AS (
     SELECT *,
            ST_LineInterpolatePoint(seg_g, greatest(at_fraction - $bearing_window_m / nullif(seg_length_m, 0), 0)) AS before_pt,
            ST_LineInterpolatePoint(seg_g, least(at_fraction + $bearing_window_m / nullif(seg_length_m, 0), 1)) AS after_pt
-    FROM candidates
+    FROM located
 ),
 scored AS (
     SELECT image_id, segment_id, distance_m,
