@@ -98,7 +98,11 @@ def test_images_read_back_with_their_match(run_dir, database):
 def test_geopackage_read_back_by_pyogrio_and_duckdb(run_dir, database):
     path = run_dir / "segments.gpkg"
     layers = {name: kind for name, kind in pyogrio.list_layers(path)}
-    assert layers == {"segments": "LineString", "images": "Point"}
+    assert layers == {"segments": "LineString", "images": "Point", "layer_styles": None}
+    styles = pyogrio.read_dataframe(path, layer="layer_styles")
+    assert sorted(styles["styleName"]) == sorted(CLASSES) and styles["f_table_name"].eq("segments").all()
+    assert styles.set_index("styleName")["useAsDefault"].astype(bool).to_dict()["weather"]
+    assert styles["useAsDefault"].astype(bool).sum() == 1
     info = pyogrio.read_info(path, layer="segments")
     n_segments = database.execute("SELECT count(*) FROM segments").fetchone()[0]
     assert info["features"] == n_segments and "EPSG:4326" in info["crs"]

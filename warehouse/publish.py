@@ -16,7 +16,7 @@ from warehouse.export import export_run, images_frame, segments_frame
 from warehouse.maps import write_map_html, write_map_png
 from warehouse.raster import DEFAULT_CELL_SIZE_M, write_coverage_raster
 from warehouse.report import write_report
-from warehouse.styles import write_styles
+from warehouse.styles import embed_styles_in_geopackage, write_styles
 
 DEFAULT_MAP_ATTRIBUTE = "weather"
 
@@ -36,6 +36,7 @@ def publish_run(database: str | os.PathLike, out: str | os.PathLike, attributes:
     outputs = export_run(database, out, list(attributes), tiles_part=run_id if partition_by_tile else None)
     outputs["styles"] = str(out / "styles")
     write_styles(out / "styles", attributes)
+    embed_styles_in_geopackage(outputs["geopackage"], "segments", attributes, default=map_attribute)
     warning = " (UNTRAINED MODEL: labels are noise)" if model_trained is False else ""
     with connect(database, read_only=True) as con:
         segments, images = segments_frame(con, list(attributes)), images_frame(con, list(attributes))

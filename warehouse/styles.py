@@ -69,3 +69,35 @@ def write_styles(folder: str | os.PathLike, attributes: Mapping[str, Sequence[st
         path.write_text(categorised_style(attribute, classes), encoding="utf-8")
         paths[attribute] = path
     return paths
+
+
+LAYER_STYLES_DDL = """
+CREATE TABLE IF NOT EXISTS layer_styles (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, f_table_catalog TEXT(256), f_table_schema TEXT(256),
+    f_table_name TEXT(256), f_geometry_column TEXT(256), styleName TEXT(30), styleQML TEXT, styleSLD TEXT,
+    useAsDefault BOOLEAN, description TEXT, owner TEXT(30), ui TEXT(30), update_time DATETIME DEFAULT CURRENT_TIMESTAMP
+)"""
+
+
+def embed_styles_in_geopackage(path: str | os.PathLike, layer: str, attributes: Mapping[str, Sequence[str]],
+                               default: str, geometry_column: str = "geom") -> int:
+    """Store one style per attribute in the GeoPackage's ``layer_styles`` table (QGIS's own schema).
+
+    QGIS applies the ``default`` attribute's style when the layer is opened; the others are listed
+    under Layer Properties → Symbology → Style → Load Style → From database. Returns the count.
+    """
+    import sqlite3
+
+    with sqlite3.connect(path) as db:  # one transaction: all styles or none
+        db.execute(LAYER_STYLES_DDL)
+        db.execute("""INSERT INTO gpkg_contents (table_name, data_type, identifier, description)
+                      SELECT 'layer_styles', 'attributes', 'layer_styles', 'QGIS layer styles'
+                      WHERE NOT EXISTS (SELECT 1 FROM gpkg_contents WHERE table_name = 'layer_styles')""")
+        db.execute("DELETE FROM layer_styles WHERE f_table_name = ?", (layer,))
+        db.executemany(
+            """INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, f_geometry_column, styleName,
+                                         styleQML, styleSLD, useAsDefault, description, owner, ui)
+               VALUES ('', '', ?, ?, ?, ?, '', ?, ?, 'city-audit', '')""",
+            [(layer, geometry_column, attribute, categorised_style(attribute, classes), int(attribute == default),
+              f"dominant {attribute.replace('_', ' ')} per segment") for attribute, classes in attributes.items()])
+    return len(attributes)
