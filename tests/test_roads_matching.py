@@ -7,6 +7,7 @@ distances, headings and shares are known before the code runs.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import geopandas as gpd
 import pandas as pd
@@ -178,3 +179,19 @@ def test_planner_macros_take_parameters(aggregated):
     assert aggregated.execute("SELECT segment_id, weather FROM segments_by_weather").fetchall() == [("s", "clear")]
     assert aggregated.execute("SELECT segment_id FROM coverage_gaps_where(min_length_m := 1000.0)").fetchall() == []
     assert aggregated.execute("SELECT segment_id FROM coverage_gaps_where(highway_classes := ['residential'])").fetchall() == [("empty",)]
+
+
+def test_outputs_of_a_run_where_nothing_matched(tmp_path):
+    from classify.schema import ATTRIBUTES
+    from warehouse.publish import publish_run
+
+    images = images_frame([{"image_id": "a", "xy": (0, 100)}])
+    build(tmp_path, images, segments_frame({"ew": [(-50, 0), (50, 0)]})).close()
+    outputs = publish_run(tmp_path / "audit.duckdb", tmp_path, {n: a.classes for n, a in ATTRIBUTES.items()},
+                          metric_crs=METRIC_CRS, run_id="empty", model_trained=False)
+    report = Path(outputs["report"]).read_text()
+    assert "| matched to a road segment (within 25 m) | 0 |" in report and "median n/a m" in report
+    assert "no segment within 25 m (a segment further away)" in report
+    segments = gpd.read_parquet(outputs["segments"])
+    assert len(segments) == 1 and segments["n_images"].tolist() == [0] and segments["weather_label"].isna().all()
+    assert gpd.read_file(outputs["geopackage"], layer="images")["unmatched_reason"].str.startswith("no segment").all()

@@ -8,6 +8,7 @@ from their CDNs.
 
 from __future__ import annotations
 
+import html
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -96,7 +97,7 @@ def write_map_html(segments: gpd.GeoDataFrame, images: gpd.GeoDataFrame, path: s
         points.add_to(fmap)
     folium.LayerControl(collapsed=False).add_to(fmap)
     if title:
-        fmap.get_root().html.add_child(folium.Element(f"<title>{folium.utilities.escape_backticks(title)}</title>"))
+        fmap.get_root().html.add_child(folium.Element(f"<title>{html.escape(title)}</title>"))
     path = Path(path)
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     fmap.save(str(partial))

@@ -7,6 +7,7 @@ panel does not, a browser extension does). Numbers come from ``audit.duckdb`` th
 
 from __future__ import annotations
 
+import math
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +32,7 @@ OUTPUT_HELP = {
 
 
 def _fmt(value, digits: int = 1) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, float):
         return f"{value:,.{digits}f}"
@@ -45,7 +46,7 @@ def write_report(con: duckdb.DuckDBPyConnection, path: str | os.PathLike, *, run
     labels = con.execute(sql("report_labels")).df()
     unmatched = con.execute(sql("report_unmatched")).df()
     share_km = cov["road_km_with_images"] / cov["road_km"] * 100 if cov["road_km"] else 0.0
-    lines = [f"# city-audit run report", "", f"- run id: `{run_id}`",
+    lines = ["# city-audit run report", "", f"- run id: `{run_id}`",
              f"- written: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", ""]
     if model_trained is False:
         lines += ["> **UNTRAINED MODEL.** The labels in this run come from random weights: they test the pipeline",
