@@ -23,9 +23,9 @@ from geo.bbox import DEFAULT_MAX_AREA_KM2, BBox, parse_bbox
 from geo.imagery import ImageCollection, collect_images, make_source
 from geo.roads import ROADS_ATTRIBUTION, load_road_segments
 from warehouse.build import DEFAULT_HEADING_PENALTY_M, DEFAULT_MAX_DISTANCE_M, AuditCounts, build_audit_database
+from warehouse.manifest import write_manifest
 from warehouse.publish import publish_run
 from warehouse.raster import DEFAULT_CELL_SIZE_M
-from warehouse.manifest import write_manifest
 
 stage = task(cache_policy=NO_CACHE)  # stages are resumable on disk; Prefect need not hash DataFrames
 
