@@ -22,9 +22,10 @@ from classify.stage import UNTRAINED_WARNING, classify_image_store
 from geo.bbox import DEFAULT_MAX_AREA_KM2, BBox, parse_bbox
 from geo.imagery import ImageCollection, collect_images, make_source
 from geo.roads import ROADS_ATTRIBUTION, load_road_segments
-from warehouse.build import DEFAULT_MAX_DISTANCE_M, AuditCounts, build_audit_database
-from warehouse.export import export_run
+from warehouse.build import DEFAULT_HEADING_PENALTY_M, DEFAULT_MAX_DISTANCE_M, AuditCounts, build_audit_database
 from warehouse.manifest import write_manifest
+from warehouse.publish import publish_run
+from warehouse.raster import DEFAULT_CELL_SIZE_M
 
 stage = task(cache_policy=NO_CACHE)  # stages are resumable on disk; Prefect need not hash DataFrames
 
@@ -40,8 +41,8 @@ def collect(bbox: BBox, source: str, images: str | None, store: Path, max_images
 
 
 @stage(name="load road segments")
-def road_segments(bbox: BBox, roads: str):
-    return load_road_segments(bbox, roads)
+def road_segments(bbox: BBox, roads: str, road_classes: str | list[str] | None, max_segment_length_m: float | None):
+    return load_road_segments(bbox, roads, road_classes=road_classes, max_segment_length_m=max_segment_length_m)
 
 
 @stage(name="classify images")
@@ -56,9 +57,9 @@ def build_database(database: Path, **tables) -> AuditCounts:
     return build_audit_database(database, **tables)
 
 
-@stage(name="export maps")
-def export(database: Path, out: Path) -> dict[str, str]:
-    return export_run(database, out, list(ATTRIBUTES))
+@stage(name="publish outputs")
+def export(database: Path, out: Path, **options) -> dict[str, str]:
+    return publish_run(database, out, {name: a.classes for name, a in ATTRIBUTES.items()}, **options)
 
 
 @flow(name="city-audit", log_prints=True)
@@ -75,19 +76,31 @@ def city_audit(
     max_area_km2: float | None = DEFAULT_MAX_AREA_KM2,
     batch_size: int = 32,
     device: str | None = None,
+    road_classes: str | list[str] | None = None,
+    max_segment_length_m: float | None = None,
+    heading_penalty_m: float = DEFAULT_HEADING_PENALTY_M,
+    slice_by_year: bool = False,
+    partition_by_tile: bool = False,
+    cell_size_m: float = DEFAULT_CELL_SIZE_M,
 ) -> dict:
     """Audit the streets in ``bbox``.
 
     bbox: "minlon,minlat,maxlon,maxlat" or [minlon, minlat, maxlon, maxlat] (WGS84).
     source: "sample" (bundled Stuttgart area) or "folder" (with ``images`` = a folder holding
-    images.parquet/images.csv). roads: "sample" or a vector file of road lines. model: "vit-b16"
+    images.parquet/images.csv). roads: "sample", a local OSM extract (.osm.pbf; road_classes: highway
+    values to keep, max_segment_length_m: split longer segments) or a vector file of road lines.
+    heading_penalty_m: how much further a road across the camera's heading counts when matching.
+    slice_by_year: also aggregate per capture year. partition_by_tile: also write z14-tile
+    partitioned GeoParquet. cell_size_m: coverage GeoTIFF cell size. model: "vit-b16"
     (OpenAI weights, downloaded once) or "tiny" (random, untrained; offline tests). weights: a
     local checkpoint file. out: the output folder. Returns the run summary.
     """
     logger = get_run_logger()
     parameters = dict(bbox=bbox, source=source, images=images, roads=roads, model=model, weights=weights, out=out,
                       max_distance_m=max_distance_m, max_images=max_images, max_area_km2=max_area_km2,
-                      batch_size=batch_size, device=device)
+                      batch_size=batch_size, device=device, road_classes=road_classes,
+                      max_segment_length_m=max_segment_length_m, heading_penalty_m=heading_penalty_m,
+                      slice_by_year=slice_by_year, partition_by_tile=partition_by_tile, cell_size_m=cell_size_m)
     run_id = str(flow_run.id or uuid.uuid4())
     out_dir = Path(out).expanduser().resolve()
     store, work = out_dir / "images", out_dir / "work"
@@ -103,7 +116,7 @@ def city_audit(
     parameters["bbox"] = area.as_list()
     out_dir.mkdir(parents=True, exist_ok=True)
     collection = timed("collect_images", collect, area, source, images, store, max_images)
-    segments = timed("load_road_segments", road_segments, area, roads)
+    segments = timed("load_road_segments", road_segments, area, roads, road_classes, max_segment_length_m)
     classified = timed("classify_images", classify, collection, store, model, weights, device, batch_size, work)
     if not classified.model["trained"]:
         logger.warning(UNTRAINED_WARNING.format(model=model))
@@ -111,9 +124,12 @@ def city_audit(
     partial_db = out_dir / ".audit.duckdb.partial"
     counts = timed("build_audit_database", build_database, partial_db, images=collection.images, segments=segments,
                    predictions=classified.predictions, failures=failures,
-                   run_id=run_id, metric_crs=area.utm_crs(), max_distance_m=max_distance_m)
+                   run_id=run_id, metric_crs=area.utm_crs(), max_distance_m=max_distance_m,
+                   heading_penalty_m=heading_penalty_m, slice_by_year=slice_by_year)
     shutil.move(partial_db, out_dir / "audit.duckdb")
-    outputs = timed("export_maps", export, out_dir / "audit.duckdb", out_dir)
+    outputs = timed("publish_outputs", export, out_dir / "audit.duckdb", out_dir, metric_crs=area.utm_crs(), run_id=run_id,
+                    model_trained=classified.model["trained"], max_distance_m=max_distance_m,
+                    cell_size_m=cell_size_m, partition_by_tile=partition_by_tile)
     outputs.update(database=str(out_dir / "audit.duckdb"), image_store=str(store))
     summary = {
         "run_id": run_id,

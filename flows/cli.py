@@ -12,7 +12,7 @@ import sys
 
 import flows  # noqa: F401 - sets the offline Prefect defaults before prefect is imported
 from geo.bbox import DEFAULT_MAX_AREA_KM2, BBoxError, parse_bbox
-from warehouse.build import DEFAULT_MAX_DISTANCE_M
+from warehouse.build import DEFAULT_HEADING_PENALTY_M, DEFAULT_MAX_DISTANCE_M
 
 DEPLOYMENT_NAME = "local"
 
@@ -28,7 +28,9 @@ def _run(args: argparse.Namespace) -> int:
     summary = city_audit(bbox=args.bbox, source=args.source, images=args.images, roads=args.roads, model=args.model,
                          weights=args.weights, out=args.out, max_distance_m=args.max_distance_m,
                          max_images=args.max_images, max_area_km2=args.max_area_km2, batch_size=args.batch_size,
-                         device=args.device)
+                         device=args.device, road_classes=args.road_classes,
+                         max_segment_length_m=args.max_segment_length_m, heading_penalty_m=args.heading_penalty_m,
+                         slice_by_year=args.by_year, partition_by_tile=args.tiles, cell_size_m=args.cell_size_m)
     print()
     if not summary["model_trained"]:
         print(f"WARNING: model '{args.model}' is UNTRAINED (random weights): the labels are noise, not results.")
@@ -37,8 +39,10 @@ def _run(args: argparse.Namespace) -> int:
     print(f"segments with predictions: {summary['segments_with_predictions']} of {summary['segments']}")
     print(f"failures:                  {summary['failures']} (see run.json)")
     print(f"outputs in {summary['out']}:")
-    for name in ("segments", "images", "database", "manifest"):
-        print(f"  {name:9} {summary['outputs'][name]}")
+    for name in ("segments", "images", "geopackage", "styles", "raster", "map_png", "map_html", "report", "database",
+                 "manifest", "segment_tiles", "image_tiles"):
+        if name in summary["outputs"]:
+            print(f"  {name:13} {summary['outputs'][name]}")
     return 0
 
 
@@ -65,7 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bbox", required=True, help="minlon,minlat,maxlon,maxlat in WGS84, or a JSON list")
     run.add_argument("--source", default="sample", help="imagery source: sample | folder (default: sample)")
     run.add_argument("--images", help="for --source folder: a folder with images and images.parquet/images.csv")
-    run.add_argument("--roads", default="sample", help="'sample' or a GeoParquet/GeoPackage/GeoJSON of road lines")
+    run.add_argument("--roads", default="sample",
+                     help="'sample', a local OSM extract (.osm.pbf), or a GeoParquet/GeoPackage/GeoJSON of road lines")
+    run.add_argument("--road-classes", help="for .osm.pbf: comma-separated highway values to keep (default: the drivable "
+                                            "network, living streets, service and pedestrian streets)")
+    run.add_argument("--max-segment-length-m", type=float,
+                     help="for .osm.pbf: split segments longer than this into equal parts (default: 100)")
+    run.add_argument("--heading-penalty-m", type=float, default=DEFAULT_HEADING_PENALTY_M,
+                     help="a road across a camera's heading counts this many metres further away when matching "
+                          f"(default: {DEFAULT_HEADING_PENALTY_M:g}; 0 = plain nearest)")
+    run.add_argument("--by-year", action="store_true", help="also aggregate each segment per capture year")
+    run.add_argument("--tiles", action="store_true",
+                     help="also write GeoParquet partitioned by z14 tile (tiles/segments/tile=.../<run_id>.parquet)")
+    run.add_argument("--cell-size-m", type=float, default=50.0, help="cell size of coverage.tif (default: 50)")
     run.add_argument("--model", default="vit-b16", help="backbone: vit-b16 (OpenAI weights) | tiny (random, offline tests)")
     run.add_argument("--weights", help="local checkpoint file for the backbone (default: $CITY_AUDIT_WEIGHTS or download)")
     run.add_argument("--out", default="outputs/city-audit", help="output folder (default: outputs/city-audit)")
