@@ -8,6 +8,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from warehouse.build import DEFAULT_HEADING_PENALTY_M
 from warehouse.db import connect
 
 from conftest import SAMPLE_BBOX
@@ -29,7 +30,7 @@ def test_run_manifest_says_untrained_and_records_the_run(sample_run):
     assert manifest["model"]["weights"] == "random(seed=0)"
     assert manifest["parameters"]["bbox"] == [9.16, 48.76, 9.18, 48.78]
     assert manifest["counts"]["images"] == 19
-    assert set(manifest["timings_s"]) >= {"collect_images", "classify_images", "build_audit_database", "export_maps"}
+    assert set(manifest["timings_s"]) >= {"collect_images", "classify_images", "build_audit_database", "publish_outputs"}
     assert manifest["versions"]["duckdb"] == "1.5.5"
     assert any("Mapillary" in a for a in manifest["attribution"]) and any("OpenStreetMap" in a for a in manifest["attribution"])
     assert manifest["failures"] == []
@@ -85,7 +86,14 @@ def test_matches_agree_with_global_streetscapes_snapping(sample_run, shared_samp
     reference = pd.read_csv(shared_sample / "gss" / "sample_mapping.csv", dtype={"orig_id": str})
     joined = images.merge(reference, left_on="image_id", right_on="orig_id")
     assert len(joined) == 19
-    assert joined.distance_m.to_numpy() == pytest.approx(joined.osm_snap_dist_m.to_numpy(), abs=0.05)
+    pano = joined[joined.is_pano]
+    # panoramas have no heading: plain nearest segment, exactly GSS's snap
+    assert pano.distance_m.to_numpy() == pytest.approx(pano.osm_snap_dist_m.to_numpy(), abs=0.05)
+    # a perspective camera may prefer a segment it looks along, never a nearer one than the nearest,
+    # and never one further than the heading penalty allows
+    perspective = joined[~joined.is_pano]
+    assert (perspective.distance_m >= perspective.osm_snap_dist_m - 0.05).all()
+    assert (perspective.distance_m <= perspective.osm_snap_dist_m + DEFAULT_HEADING_PENALTY_M).all()
 
 
 def test_a_rerun_reuses_finished_work(sample_run, prefect_harness):
