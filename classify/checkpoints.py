@@ -10,7 +10,7 @@ A trained head is two files in one folder, named after its attribute::
 ``load_head`` refuses a checkpoint made for another backbone or another class list, and a
 file whose bytes do not match the sidecar, with ``CheckpointError``. ``load_head_bundle``
 loads every head of a folder (what ``--heads DIR`` points at). Training state for resuming
-(optimizer moments, RNG, epoch) is stored the same way by ``save_train_state``.
+(optimizer moments, best weights, epoch) is stored the same way by ``save_train_state``.
 """
 
 from __future__ import annotations
@@ -171,22 +171,27 @@ def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], list]:
     return tensors, state["param_groups"]
 
 
-def save_train_state(path: str | Path, head: MHAdapterHead, optimizer: torch.optim.Optimizer, *,
-                     epoch: int, progress: dict) -> Path:
-    """Write the state needed to resume after ``epoch`` (head, optimizer moments, torch RNG) + ``progress`` JSON."""
+def save_train_state(path: str | Path, head: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
+                     epoch: int, progress: dict, extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write what resuming after ``epoch`` needs: head and optimizer tensors, ``extra_tensors``
+    (e.g. the best weights so far) and the JSON-able ``progress``; returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors, groups = _flatten_optimizer(optimizer.state_dict())
     tensors.update({f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()})
-    tensors["rng.torch"] = torch.get_rng_state()
+    tensors.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in (extra_tensors or {}).items()})
     _write_atomic(path, lambda p: save_file(tensors, str(p)))
     sidecar = {"format": TRAIN_STATE_FORMAT, "epoch": epoch, "param_groups": groups, "progress": progress}
     _write_atomic(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(sidecar, indent=2, default=str)))
     return path
 
 
-def load_train_state(path: str | Path, head: MHAdapterHead, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
-    """Restore what ``save_train_state`` wrote into ``head`` and ``optimizer``; returns (epoch, progress)."""
+def load_train_state(path: str | Path, head: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer) -> tuple[int, dict, dict[str, torch.Tensor]]:
+    """Restore what ``save_train_state`` wrote into ``head`` and ``optimizer``.
+
+    Returns (last finished epoch, progress, extra tensors); ``CheckpointError`` if unreadable.
+    """
     path = Path(path)
     try:
         sidecar = json.loads(path.with_suffix(".json").read_text())
@@ -202,5 +207,5 @@ def load_train_state(path: str | Path, head: MHAdapterHead, optimizer: torch.opt
             _, index, name = key.split(".", 2)
             state["state"].setdefault(int(index), {})[name] = value
     optimizer.load_state_dict(state)
-    torch.set_rng_state(tensors["rng.torch"])
-    return int(sidecar["epoch"]), sidecar["progress"]
+    extra = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
+    return int(sidecar["epoch"]), sidecar["progress"], extra
