@@ -209,3 +209,14 @@ def load_train_state(path: str | Path, head: torch.nn.Module,
     optimizer.load_state_dict(state)
     extra = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
     return int(sidecar["epoch"]), sidecar["progress"], extra
+
+
+def serving_heads(backbone: Backbone, heads_dir: str | Path | None = None) -> dict[str, torch.nn.Module]:
+    """One head per attribute for inference: the MHAdapter checkpoints in ``heads_dir`` where
+    present, zero-shot for every other attribute (their prompts go through the text tower once)."""
+    from classify.heads import zero_shot_heads
+
+    trained = load_head_bundle(heads_dir, backbone) if heads_dir is not None else {}
+    missing = [attribute for name, attribute in ATTRIBUTES.items() if name not in trained]
+    zero_shot = zero_shot_heads(backbone, missing) if missing else {}
+    return {name: trained.get(name) or zero_shot[name] for name in ATTRIBUTES}

@@ -46,9 +46,11 @@ def road_segments(bbox: BBox, roads: str):
 
 @stage(name="classify images")
 def classify(collection: ImageCollection, store: Path, model: str, weights: str | None, device: str | None,
-             batch_size: int, cache_dir: Path):
+             batch_size: int, cache_dir: Path, heads: str | None = None, feature_cache: str | None = None,
+             device_decode: bool = False):
     return classify_image_store(collection.images, store, model=model, weights=weights, device=device,
-                                batch_size=batch_size, cache_dir=cache_dir)
+                                batch_size=batch_size, cache_dir=cache_dir, heads=heads,
+                                feature_cache=feature_cache, device_decode=device_decode)
 
 
 @stage(name="build audit database")
@@ -75,6 +77,9 @@ def city_audit(
     max_area_km2: float | None = DEFAULT_MAX_AREA_KM2,
     batch_size: int = 32,
     device: str | None = None,
+    heads: str | None = None,
+    feature_cache: str | None = None,
+    device_decode: bool = False,
 ) -> dict:
     """Audit the streets in ``bbox``.
 
@@ -82,12 +87,16 @@ def city_audit(
     source: "sample" (bundled Stuttgart area) or "folder" (with ``images`` = a folder holding
     images.parquet/images.csv). roads: "sample" or a vector file of road lines. model: "vit-b16"
     (OpenAI weights, downloaded once) or "tiny" (random, untrained; offline tests). weights: a
-    local checkpoint file. out: the output folder. Returns the run summary.
+    local checkpoint file. out: the output folder. heads: a folder of trained head checkpoints
+    (``city-audit train``); attributes without one are zero-shot, and each prediction records its
+    method. feature_cache: a folder keeping backbone outputs per image. device_decode: decode
+    JPEGs on the GPU. Returns the run summary.
     """
     logger = get_run_logger()
     parameters = dict(bbox=bbox, source=source, images=images, roads=roads, model=model, weights=weights, out=out,
                       max_distance_m=max_distance_m, max_images=max_images, max_area_km2=max_area_km2,
-                      batch_size=batch_size, device=device)
+                      batch_size=batch_size, device=device, heads=heads, feature_cache=feature_cache,
+                      device_decode=device_decode)
     run_id = str(flow_run.id or uuid.uuid4())
     out_dir = Path(out).expanduser().resolve()
     store, work = out_dir / "images", out_dir / "work"
@@ -104,7 +113,8 @@ def city_audit(
     out_dir.mkdir(parents=True, exist_ok=True)
     collection = timed("collect_images", collect, area, source, images, store, max_images)
     segments = timed("load_road_segments", road_segments, area, roads)
-    classified = timed("classify_images", classify, collection, store, model, weights, device, batch_size, work)
+    classified = timed("classify_images", classify, collection, store, model, weights, device, batch_size, work,
+                       heads, feature_cache, device_decode)
     if not classified.model["trained"]:
         logger.warning(UNTRAINED_WARNING.format(model=model))
     failures = pd.concat([collection.failures, classified.failures], ignore_index=True)
