@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "geo" / "sample_area" / "stuttgart"
-FAST = dict(epochs=25, batch_size=8, lr=1e-2, warmup_epochs=2, patience=100, mode="cached", num_workers=0)
+FAST = dict(epochs=15, batch_size=8, lr=1e-2, warmup_epochs=2, patience=100, mode="cached", num_workers=0)
 
 
 def sample_images() -> pd.DataFrame:
