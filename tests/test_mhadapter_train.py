@@ -13,7 +13,7 @@ from classify.labels import read_labels
 from classify.mhadapter import AdapterConfig
 from classify.schema import ATTRIBUTES
 from classify.train import (CLASS_WEIGHTINGS, TrainConfig, TrainingError, learning_rate, predict_logits,
-                            train_attribute)
+                            split_labels, train_attribute)
 from tests.mhadapter_support import FAST, feature_cache_dir, pano_csv, trained_heads  # noqa: F401 - fixtures
 
 
@@ -46,8 +46,7 @@ def test_training_on_real_images_drives_the_loss_down_and_fits_the_training_set(
     assert history[-1]["train_loss"] < 0.2 * history[0]["train_loss"]
     head = load_head(trained_heads.checkpoint, tiny_backbone)
     data = read_labels(pano_csv, ATTRIBUTES["pano_status"])
-    from classify.train import split_labels
-    train, val = split_labels(data, TrainConfig(**FAST))
+    train, _ = split_labels(data, TrainConfig(**FAST))
     features = encode_files(list(train.files), list(train.image_ids), tiny_backbone,
                             cache=FeatureCache(feature_cache_dir, tiny_backbone), progress=False)
     predicted = predict_logits(head, features, 8, tiny_backbone.device).argmax(-1)
