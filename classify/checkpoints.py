@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from classify.backbone import Backbone
+from classify.heads import zero_shot_heads
 from classify.mhadapter import AdapterConfig, MHAdapterHead
 from classify.schema import ATTRIBUTES, get_attribute
 
@@ -214,8 +215,6 @@ def load_train_state(path: str | Path, head: torch.nn.Module,
 def serving_heads(backbone: Backbone, heads_dir: str | Path | None = None) -> dict[str, torch.nn.Module]:
     """One head per attribute for inference: the MHAdapter checkpoints in ``heads_dir`` where
     present, zero-shot for every other attribute (their prompts go through the text tower once)."""
-    from classify.heads import zero_shot_heads
-
     trained = load_head_bundle(heads_dir, backbone) if heads_dir is not None else {}
     missing = [attribute for name, attribute in ATTRIBUTES.items() if name not in trained]
     zero_shot = zero_shot_heads(backbone, missing) if missing else {}
