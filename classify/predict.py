@@ -21,7 +21,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_jpeg, read_file
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from tqdm.auto import tqdm
 
 from classify.backbone import Backbone, ImageFeatures
@@ -87,19 +87,22 @@ def device_preprocess(encoded: list[torch.Tensor], backbone: Backbone) -> tuple[
     good, pixels, bad = [], [], []
     try:
         decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=backbone.device)
-    except RuntimeError:  # one bad file fails the batch call: decode one by one to find it
+    except RuntimeError:  # one bad or non-JPEG file fails the batch call: go one by one
         decoded = []
         for position, data in enumerate(encoded):
             try:
                 decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=backbone.device))
-            except RuntimeError as exc:
-                decoded.append(None)
-                bad.append((position, f"RuntimeError: {exc}"))
+            except RuntimeError:
+                try:  # PNG and friends: decode on the CPU, then continue on the device
+                    decoded.append(decode_image(data, mode=ImageReadMode.RGB).to(backbone.device))
+                except RuntimeError as exc:
+                    decoded.append(None)
+                    bad.append((position, f"RuntimeError: {exc}"))
     for position, image in enumerate(decoded):
         if image is None:
             continue
-        image = TF.resize(image, size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
-        image = TF.center_crop(image, [size, size]).float().div_(255).clamp_(0, 1)
+        image = TF.resize(image.float(), size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        image = TF.center_crop(image, [size, size]).div_(255).clamp_(0, 1)
         pixels.append((image - mean) / std)
         good.append(position)
     return good, (torch.stack(pixels) if pixels else None), bad

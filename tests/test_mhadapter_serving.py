@@ -7,6 +7,7 @@ import math
 import duckdb
 import pytest
 import torch
+from PIL import Image
 
 from classify.checkpoints import serving_heads
 from classify.features import FeatureCache
@@ -54,13 +55,16 @@ def test_feature_cache_reruns_heads_without_the_backbone(tiny_backbone, trained_
 
 
 def test_device_decode_matches_pil_decoding_and_records_bad_files(tiny_backbone, tmp_path):
-    files = sample_images()["file"].tolist()[:3]
+    files = sample_images()["file"].tolist()[:2]
+    png = tmp_path / "converted.png"
+    with Image.open(files[1]) as im:
+        im.save(png)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really a jpeg")
-    (idx_pil, pil, bad_pil), = list(image_batches(files + [str(broken)], tiny_backbone, progress=False))
-    (idx_dev, dev, bad_dev), = list(image_batches(files + [str(broken)], tiny_backbone, progress=False,
-                                                  device_decode=True))
-    assert idx_pil == idx_dev == [0, 1, 2]
+    files += [str(png), str(broken)]
+    (idx_pil, pil, bad_pil), = list(image_batches(files, tiny_backbone, progress=False))
+    (idx_dev, dev, bad_dev), = list(image_batches(files, tiny_backbone, progress=False, device_decode=True))
+    assert idx_pil == idx_dev == [0, 1, 2]  # the PNG falls back to a CPU decode
     assert [i for i, _ in bad_pil] == [i for i, _ in bad_dev] == [3]
     assert dev.shape == pil.shape and (dev - pil).abs().mean() < 0.01  # same transform, other resampler
     assert torch.equal(tiny_backbone.encode_images(dev).pooled.argmax(-1), tiny_backbone.encode_images(pil).pooled.argmax(-1))
