@@ -9,7 +9,7 @@ from PIL import Image
 
 from classify.evaluate import PROBE_CONFIG, evaluate_attribute
 from flows.cli import main
-from tests.mhadapter_support import FAST, feature_cache_dir, pano_csv, trained_heads  # noqa: F401 - fixtures
+from tests.mhadapter_support import FAST
 
 PROBE = PROBE_CONFIG.__class__(**{**FAST, "lr": 1e-2})
 

@@ -13,8 +13,7 @@ from classify.checkpoints import serving_heads
 from classify.features import FeatureCache
 from classify.predict import image_batches, predict_attributes
 from tests.conftest import SAMPLE_BBOX
-from tests.mhadapter_support import (FAST, feature_cache_dir, pano_csv, sample_images,  # noqa: F401 - fixtures
-                                     trained_heads)
+from tests.mhadapter_support import sample_images
 
 
 @pytest.fixture()

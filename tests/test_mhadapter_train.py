@@ -14,7 +14,7 @@ from classify.mhadapter import AdapterConfig
 from classify.schema import ATTRIBUTES
 from classify.train import (CLASS_WEIGHTINGS, TrainConfig, TrainingError, learning_rate, predict_logits,
                             split_labels, train_attribute)
-from tests.mhadapter_support import FAST, feature_cache_dir, pano_csv, trained_heads  # noqa: F401 - fixtures
+from tests.mhadapter_support import FAST
 
 
 def test_schedule_warms_up_linearly_from_1e_5_then_follows_a_cosine():
