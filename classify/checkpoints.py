@@ -45,7 +45,8 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
+    """Call ``write(tmp)`` on a hidden sibling of ``path``, then rename it onto ``path``."""
     partial = path.with_name(f".{path.name}.partial")
     write(partial)
     os.replace(partial, path)
@@ -71,7 +72,7 @@ def save_head(head: MHAdapterHead, directory: str | Path, backbone: Backbone, *,
     directory.mkdir(parents=True, exist_ok=True)
     tensors_path, sidecar_path = head_paths(directory, head.attribute.name)
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    _write_atomic(tensors_path, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
+    write_atomic(tensors_path, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
     sidecar = {
         "format": FORMAT,
         "method": head.method,
@@ -86,7 +87,7 @@ def save_head(head: MHAdapterHead, directory: str | Path, backbone: Backbone, *,
         "metrics": metrics or {},
         "tensors_sha256": _sha256_file(tensors_path),
     }
-    _write_atomic(sidecar_path, lambda p: p.write_text(json.dumps(sidecar, indent=2, default=str)))
+    write_atomic(sidecar_path, lambda p: p.write_text(json.dumps(sidecar, indent=2, default=str)))
     return sidecar_path
 
 
@@ -181,9 +182,9 @@ def save_train_state(path: str | Path, head: torch.nn.Module, optimizer: torch.o
     tensors, groups = _flatten_optimizer(optimizer.state_dict())
     tensors.update({f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()})
     tensors.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in (extra_tensors or {}).items()})
-    _write_atomic(path, lambda p: save_file(tensors, str(p)))
+    write_atomic(path, lambda p: save_file(tensors, str(p)))
     sidecar = {"format": TRAIN_STATE_FORMAT, "epoch": epoch, "param_groups": groups, "progress": progress}
-    _write_atomic(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(sidecar, indent=2, default=str)))
+    write_atomic(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(sidecar, indent=2, default=str)))
     return path
 
 

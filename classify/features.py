@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from classify.backbone import Backbone, ImageFeatures
+from classify.checkpoints import write_atomic
 from classify.predict import image_batches
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -47,10 +48,8 @@ class FeatureCache:
         """Store row i of ``features`` under ``image_ids[i]`` (written atomically)."""
         pooled, tokens = features.pooled.float().cpu(), features.patch_tokens.float().cpu()
         for row, image_id in enumerate(image_ids):
-            path = self.path(image_id)
-            partial = path.with_name(f".{path.name}.partial")
-            save_file({"pooled": pooled[row].contiguous(), "patch_tokens": tokens[row].contiguous()}, str(partial))
-            os.replace(partial, path)
+            tensors = {"pooled": pooled[row].contiguous(), "patch_tokens": tokens[row].contiguous()}
+            write_atomic(self.path(image_id), lambda p: save_file(tensors, str(p)))
 
     def get(self, image_ids: list[str]) -> ImageFeatures:
         """Stacked features of ``image_ids`` (CPU, fp32); ``KeyError`` naming the first missing id."""
