@@ -47,9 +47,11 @@ def road_segments(bbox: BBox, roads: str, road_classes: str | list[str] | None, 
 
 @stage(name="classify images")
 def classify(collection: ImageCollection, store: Path, model: str, weights: str | None, device: str | None,
-             batch_size: int, cache_dir: Path):
+             batch_size: int, cache_dir: Path, heads: str | None = None, feature_cache: str | None = None,
+             device_decode: bool = False):
     return classify_image_store(collection.images, store, model=model, weights=weights, device=device,
-                                batch_size=batch_size, cache_dir=cache_dir)
+                                batch_size=batch_size, cache_dir=cache_dir, heads=heads,
+                                feature_cache=feature_cache, device_decode=device_decode)
 
 
 @stage(name="build audit database")
@@ -76,6 +78,9 @@ def city_audit(
     max_area_km2: float | None = DEFAULT_MAX_AREA_KM2,
     batch_size: int = 32,
     device: str | None = None,
+    heads: str | None = None,
+    feature_cache: str | None = None,
+    device_decode: bool = False,
     road_classes: str | list[str] | None = None,
     max_segment_length_m: float | None = None,
     heading_penalty_m: float = DEFAULT_HEADING_PENALTY_M,
@@ -93,12 +98,16 @@ def city_audit(
     slice_by_year: also aggregate per capture year. partition_by_tile: also write z14-tile
     partitioned GeoParquet. cell_size_m: coverage GeoTIFF cell size. model: "vit-b16"
     (OpenAI weights, downloaded once) or "tiny" (random, untrained; offline tests). weights: a
-    local checkpoint file. out: the output folder. Returns the run summary.
+    local checkpoint file. out: the output folder. heads: a folder of trained head checkpoints
+    (``city-audit train``); attributes without one are zero-shot, and each prediction records its
+    method. feature_cache: a folder keeping backbone outputs per image. device_decode: decode
+    JPEGs on the GPU. Returns the run summary.
     """
     logger = get_run_logger()
     parameters = dict(bbox=bbox, source=source, images=images, roads=roads, model=model, weights=weights, out=out,
                       max_distance_m=max_distance_m, max_images=max_images, max_area_km2=max_area_km2,
-                      batch_size=batch_size, device=device, road_classes=road_classes,
+                      batch_size=batch_size, device=device, heads=heads, feature_cache=feature_cache,
+                      device_decode=device_decode, road_classes=road_classes,
                       max_segment_length_m=max_segment_length_m, heading_penalty_m=heading_penalty_m,
                       slice_by_year=slice_by_year, partition_by_tile=partition_by_tile, cell_size_m=cell_size_m)
     run_id = str(flow_run.id or uuid.uuid4())
@@ -117,7 +126,8 @@ def city_audit(
     out_dir.mkdir(parents=True, exist_ok=True)
     collection = timed("collect_images", collect, area, source, images, store, max_images)
     segments = timed("load_road_segments", road_segments, area, roads, road_classes, max_segment_length_m)
-    classified = timed("classify_images", classify, collection, store, model, weights, device, batch_size, work)
+    classified = timed("classify_images", classify, collection, store, model, weights, device, batch_size, work,
+                       heads, feature_cache, device_decode)
     if not classified.model["trained"]:
         logger.warning(UNTRAINED_WARNING.format(model=model))
     failures = pd.concat([collection.failures, classified.failures], ignore_index=True)
