@@ -1,0 +1,226 @@
+"""Unsupervised adaptation to a city's own unlabelled images: one engine, a registry of methods.
+
+``adapt_attribute("microclip" | "fair", attribute, files, backbone, out_dir)`` builds the
+method's model, self-trains it on weak/strong/crop views of ``files`` (``classify.views``) and
+writes ``<out_dir>/<attribute>.safetensors`` + ``.json`` through ``classify.checkpoints`` (the
+same format as MHAdapter heads, so ``--heads DIR`` serves them).
+
+Loop (methods §3.4, shared by both methods): AdamW (lr 1e-4, weight decay 0.1 on every
+trainable: the reference's effective setting, MC-P14; ``decay_norms=False`` exempts LayerNorms
+and heads), lr set per iteration by a cosine from ``lr`` to ``min_lr`` (2e-6) without warmup,
+the last model is kept. Time is bounded by ``epochs`` and optionally ``max_steps``. On CUDA the
+forward passes run under bf16 autocast with fp32 master weights and gradient-norm clipping at
+1.0; the CPU runs fp32. Each epoch reseeds torch, Python and the loader from ``seed + epoch``,
+so a run is reproducible. No feature cache: the LayerNorms train, so every view needs a fresh
+forward and a backward through the whole image tower (cost: ``docs/adaptation.md``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from classify.adapted_visual import AdaptationError
+from classify.backbone import Backbone
+from classify.checkpoints import save_head
+from classify.fair import DISPLAY_NAME as FAIR_NAME, FairConfig, build_fair_head, fair_loss
+from classify.labels import IMAGE_SUFFIXES
+from classify.microclip import MicroCLIPConfig, RunningMean, build_microclip_head, microclip_loss
+from classify.schema import get_attribute
+from classify.views import SelfTrainingViews, strong_mode_for
+
+
+@dataclass(frozen=True)
+class AdaptMethod:
+    """A registered unsupervised method: its display name, config class, builder and loss."""
+
+    name: str
+    display_name: str
+    config: type
+    build: Callable  # (backbone, attribute, config) -> head
+    loss: Callable  # (head, weak, strong, crops, RunningMean) -> (loss, stats)
+
+
+METHODS: dict[str, AdaptMethod] = {
+    m.name: m for m in (
+        AdaptMethod("microclip", "microCLIP", MicroCLIPConfig, build_microclip_head, microclip_loss),
+        AdaptMethod("fair", FAIR_NAME, FairConfig, build_fair_head, fair_loss),
+    )
+}
+
+
+def get_method(name: str) -> AdaptMethod:
+    """Look a method up by name, with ``AdaptationError`` listing the valid ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise AdaptationError(f"unknown adaptation method {name!r}; choose from {', '.join(METHODS)}") from None
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Self-training loop settings (the microCLIP reference values by default)."""
+
+    epochs: int = 15
+    max_steps: int | None = None  # stop after this many optimizer steps (bounded time)
+    batch_size: int = 64
+    lr: float = 1e-4
+    min_lr: float = 2e-6
+    weight_decay: float = 0.1
+    decay_norms: bool = True  # parity: decay LayerNorms and heads too (MC-P14)
+    n_crops: int = 8
+    crop_scale: tuple[float, float] = (0.5, 0.9)
+    strong: str = "auto"  # auto | randaugment | geometric (MC-P20)
+    seed: int = 0
+    num_workers: int | None = None
+    grad_clip: float = 1.0  # applied under AMP (CUDA), as the reference does
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.n_crops < 1:
+            raise AdaptationError("epochs, batch_size and n_crops must be at least 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise AdaptationError("max_steps must be at least 1")
+        strong_mode_for("weather", self.strong)  # validates the name
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict of the fields."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def cosine_lr(step: int, total: int, config: AdaptConfig) -> float:
+    """Per-iteration cosine from ``lr`` (step 0) to ``min_lr`` (step ``total``), no warmup."""
+    progress = min(1.0, step / max(1, total))
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def parameter_groups(head: nn.Module, config: AdaptConfig) -> list[dict]:
+    """AdamW groups: everything decayed (parity) or LayerNorms/heads exempt (``decay_norms=False``)."""
+    params = head.trainable_parameters()
+    if config.decay_norms:
+        return [{"params": params, "weight_decay": config.weight_decay}]
+    soap = getattr(head, "soap", None)
+    projections = [layer.weight for layer in (soap.q_proj, soap.k_proj, soap.v_proj)] if soap is not None else []
+    decayed = {id(p) for p in projections}
+    groups = [{"params": projections, "weight_decay": config.weight_decay},
+              {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+
+
+def self_train(head: nn.Module, method: AdaptMethod, files: list[str], backbone: Backbone, config: AdaptConfig,
+               *, progress: bool = True) -> list[dict]:
+    """Self-train ``head`` in place on ``files``; returns one history row per epoch (losses, pseudo-label counts)."""
+    if not files:
+        raise AdaptationError("no images to adapt on")
+    dataset = SelfTrainingViews(files, backbone, n_crops=config.n_crops, crop_scale=config.crop_scale,
+                                strong=strong_mode_for(head.attribute.name, config.strong))
+    workers = config.num_workers if config.num_workers is not None else min(8, len(files) // 64)
+    per_epoch = math.ceil(len(files) / config.batch_size)
+    total = min(config.epochs * per_epoch, config.max_steps or config.epochs * per_epoch)
+    groups = parameter_groups(head, config)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    cuda = backbone.device.type == "cuda"
+    running, history, step = RunningMean(), [], 0
+    bar = tqdm(total=total, desc=f"adapting {head.attribute.name} ({method.name})", unit="step", disable=not progress)
+    for epoch in range(config.epochs):
+        if step >= total:
+            break
+        _seed_everything(config.seed + epoch)
+        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=workers,
+                            generator=torch.Generator().manual_seed(config.seed + epoch), pin_memory=cuda)
+        head.train()
+        running.reset()
+        sums = {"loss": 0.0, "ce": 0.0, "fairness": 0.0}
+        counts = torch.zeros(len(head.attribute.classes), dtype=torch.long)
+        batches = 0
+        for weak, strong, crops in loader:
+            if step >= total:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(step, total, config)
+            weak, strong, crops = (t.to(backbone.device, non_blocking=True) for t in (weak, strong, crops))
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                loss, stats = method.loss(head, weak, strong, crops, running)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cuda and config.grad_clip:
+                nn.utils.clip_grad_norm_(head.trainable_parameters(), config.grad_clip)
+            optimizer.step()
+            step += 1
+            batches += 1
+            sums["loss"] += float(loss.detach())
+            sums["ce"] += stats["ce"]
+            sums["fairness"] += stats["fairness"]
+            counts += torch.bincount(stats["pseudo_labels"], minlength=len(counts))
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        history.append({"epoch": epoch, "steps": step, **{k: v / max(1, batches) for k, v in sums.items()},
+                        "pseudo_label_counts": dict(zip(head.attribute.classes, counts.tolist()))})
+    bar.close()
+    head.eval()
+    return history
+
+
+def image_files(images: str | Path) -> list[str]:
+    """Image files of a finished run's output folder (``images.parquet`` + ``images/``) or of a plain folder.
+
+    Paths in ``images.parquet`` resolve against the folder, then against ``images/``; a plain
+    folder is searched recursively for .jpg/.jpeg/.png. ``AdaptationError`` if none exist.
+    """
+    folder = Path(images)
+    if not folder.is_dir():
+        raise AdaptationError(f"{str(folder)!r} is not a folder; pass a run's output folder or a folder of images")
+    table = folder / "images.parquet"
+    if table.is_file():
+        files = []
+        for path in pd.read_parquet(table, columns=["path"])["path"].astype(str):
+            candidates = [folder / path, folder / "images" / path]
+            found = next((c for c in candidates if c.is_file()), None)
+            if found is None:
+                raise AdaptationError(f"{table}: image {path!r} is missing (looked in {folder} and {folder / 'images'})")
+            files.append(str(found))
+    else:
+        files = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise AdaptationError(f"no images found in {folder}")
+    return files
+
+
+@dataclass
+class AdaptResult:
+    """An adapted head, where it was saved, and how self-training went."""
+
+    head: nn.Module
+    checkpoint: Path
+    history: list[dict]
+    n_images: int
+
+
+def adapt_attribute(method: str, attribute: str, files: list[str], backbone: Backbone, out_dir: str | Path, *,
+                    config: AdaptConfig = AdaptConfig(), method_config=None, progress: bool = True) -> AdaptResult:
+    """Adapt ``attribute`` with ``method`` on unlabelled ``files`` and save the checkpoint in ``out_dir``."""
+    spec = get_method(method)
+    attr = get_attribute(attribute)
+    method_config = method_config or spec.config()
+    _seed_everything(config.seed)
+    head = spec.build(backbone, attr, method_config)
+    history = self_train(head, spec, list(files), backbone, config, progress=progress)
+    hyperparameters = {**config.to_dict(), "method_name": spec.display_name, "n_images": len(files),
+                       "strong_resolved": strong_mode_for(attr.name, config.strong), "unsupervised": True}
+    checkpoint = save_head(head, out_dir, backbone, hyperparameters=hyperparameters, metrics={"history": history})
+    return AdaptResult(head, checkpoint, history, len(files))
