@@ -69,8 +69,8 @@ def ncut_foreground(tokens: torch.Tensor, threshold: float = 0.2, eps: float = 1
     """Normalised-cut saliency mask (methods §3.2.3): tokens (B, N, W) -> boolean mask (B, N).
 
     A_ij = 1 if P_i·P_j > τ else ε (raw dot products, or cosines with ``affinity="cosine"``);
-    L = D^{-1/2}(D − A)D^{-1/2}; f = the second-smallest eigenvector; foreground m = f > std(f),
-    inverted where the token with the largest |f| is not in it. Runs in fp32 without gradients.
+    L = D^{-1/2}(D − A)D^{-1/2}; f = the second-smallest eigenvector, its sign fixed so that the
+    token with the largest |f| is positive; foreground m = f > std(f). Runs in fp32 without gradients.
     """
     p = tokens.detach().float()
     if affinity == "cosine":
@@ -82,10 +82,13 @@ def ncut_foreground(tokens: torch.Tensor, threshold: float = 0.2, eps: float = 1
     laplacian = inv_sqrt.unsqueeze(-1) * (torch.diag_embed(d) - a) * inv_sqrt.unsqueeze(-2)
     _, vectors = torch.linalg.eigh(laplacian)
     f = vectors[..., 1]
-    mask = f > f.std(dim=-1, keepdim=True)
+    # orient f so the token with the largest |f| is positive *before* thresholding: the reference
+    # thresholds first and then inverts the mask, so its result depends on the arbitrary sign LAPACK
+    # returns (with a negative sign and no f > std(f), it selects every token); ours equals the
+    # reference's whenever LAPACK's sign is the positive one
     strongest = f.abs().argmax(dim=-1, keepdim=True)
-    flip = ~mask.gather(-1, strongest)
-    return torch.where(flip, ~mask, mask)
+    f = f * f.gather(-1, strongest).sign()
+    return f > f.std(dim=-1, keepdim=True)
 
 
 class SOAP(nn.Module):
