@@ -224,3 +224,31 @@ def adapt_attribute(method: str, attribute: str, files: list[str], backbone: Bac
                        "strong_resolved": strong_mode_for(attr.name, config.strong), "unsupervised": True}
     checkpoint = save_head(head, out_dir, backbone, hyperparameters=hyperparameters, metrics={"history": history})
     return AdaptResult(head, checkpoint, history, len(files))
+
+
+def adapt_images(method: str, files: list[str], attributes: list[str], backbone: Backbone, out_dir: str | Path, *,
+                 config: AdaptConfig = AdaptConfig(), method_config=None,
+                 progress: bool = True) -> dict[str, AdaptResult]:
+    """Adapt every attribute in ``attributes`` on the same unlabelled ``files``; checkpoints go to ``out_dir``."""
+    if not attributes:
+        raise AdaptationError("no attributes to adapt")
+    return {name: adapt_attribute(method, name, files, backbone, out_dir, config=config,
+                                  method_config=method_config, progress=progress) for name in attributes}
+
+
+def adapt_image_store(images: pd.DataFrame, store: str | Path, method: str, attributes: list[str], out_dir: str | Path,
+                      *, model: str = "vit-b16", weights: str | None = None, device: str | None = None,
+                      options: dict | None = None, progress: bool = True) -> dict:
+    """A run's adaptation stage: adapt ``attributes`` on the images of a run's store (``path`` relative
+    to ``store``). ``options`` override ``AdaptConfig`` fields. Returns a JSON-able summary."""
+    from dataclasses import replace
+
+    from classify.backbone import load_backbone
+
+    config = replace(AdaptConfig(), **{k: tuple(v) if isinstance(v, list) else v for k, v in (options or {}).items()})
+    backbone = load_backbone(model, weights=weights, device=device)
+    files = [str(Path(store) / p) for p in images["path"]]
+    results = adapt_images(method, files, attributes, backbone, out_dir, config=config, progress=progress)
+    return {"method": method, "method_name": get_method(method).display_name, "heads": str(out_dir),
+            "n_images": len(files), "backbone_trained": backbone.trained, "config": config.to_dict(),
+            "checkpoints": {name: str(r.checkpoint) for name, r in results.items()}}
