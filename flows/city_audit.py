@@ -136,9 +136,9 @@ def city_audit(
                            weights, device, adapt_options)
         for name in ATTRIBUTES:  # trained heads from --heads still serve the attributes not adapted here
             for suffix in (".json", ".safetensors"):
-                source = Path(heads) / f"{name}{suffix}" if heads else None
-                if name not in attributes and source is not None and source.is_file():
-                    shutil.copy2(source, adapted_dir / source.name)
+                trained = Path(heads) / f"{name}{suffix}" if heads else None
+                if name not in attributes and trained is not None and trained.is_file():
+                    shutil.copy2(trained, adapted_dir / trained.name)
         heads = str(adapted_dir)
     classified = timed("classify_images", classify, collection, store, model, weights, device, batch_size, work,
                        heads, feature_cache, device_decode)

@@ -1,0 +1,141 @@
+"""End to end on real sample images with the tiny backbone: adapt, save, load, predict, evaluate, CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from classify.adapt import AdaptConfig, METHODS, adapt_attribute, cosine_lr, image_files
+from classify.adapt_eval import adaptation_table, compare_adapted
+from classify.adapted_visual import AdaptationError
+from classify.backbone import ImageFeatures
+from classify.checkpoints import CheckpointError, load_head, serving_heads
+from classify.predict import image_batches, predict_attributes
+from classify.schema import get_attribute
+from classify.views import SelfTrainingViews, random_square_crops, strong_mode_for
+from tests.adapt_support import FAST_ADAPT, SAMPLE, few_files, sample_images
+from tests.mhadapter_support import pano_csv  # noqa: F401 - fixture
+
+
+@pytest.fixture(scope="module")
+def adapted(tiny_backbone, tmp_path_factory):
+    """Each method adapted on 4 sample images for weather, saved into its own heads folder."""
+    return {m: adapt_attribute(m, "weather", few_files(), tiny_backbone, tmp_path_factory.mktemp(m),
+                               config=FAST_ADAPT, progress=False) for m in METHODS}
+
+
+def _pixels(backbone, n=4):
+    (_, pixels, _), = list(image_batches(few_files(n), backbone, batch_size=n, progress=False))
+    return pixels
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_adaptation_changes_predictions_and_the_checkpoint_loads_back(method, adapted, tiny_backbone):
+    result = adapted[method]
+    torch.manual_seed(FAST_ADAPT.seed)
+    fresh = METHODS[method].build(tiny_backbone, get_attribute("weather"), METHODS[method].config()).eval()
+    features = ImageFeatures(torch.zeros(4, 1), torch.zeros(4, 1, 1), _pixels(tiny_backbone))
+    with torch.no_grad():
+        before, after = fresh(features), result.head(features)
+        loaded = load_head(result.checkpoint, tiny_backbone)
+        again = loaded(features)
+    assert (after - before).abs().max() > 1e-3  # self-training moved the model
+    assert torch.allclose(again, after, atol=1e-5) and loaded.head_id == result.head.head_id
+    sidecar = json.loads(result.checkpoint.read_text())
+    assert sidecar["method"] == method and sidecar["hyperparameters"]["unsupervised"] is True
+    assert sidecar["hyperparameters"]["method_name"] == METHODS[method].display_name
+    assert sidecar["hyperparameters"]["strong_resolved"] == "geometric"  # weather is photometric (MC-P20)
+    assert result.history[0]["steps"] == 1 and sum(result.history[0]["pseudo_label_counts"].values()) == 4
+    assert METHODS["fair"].display_name == "FAIR-style (reconstructed)"
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_same_seed_same_adapted_weights(method, adapted, tiny_backbone, tmp_path):
+    again = adapt_attribute(method, "weather", few_files(), tiny_backbone, tmp_path, config=FAST_ADAPT, progress=False)
+    first, second = load_file(str(adapted[method].checkpoint.with_suffix(".safetensors"))), \
+        load_file(str(again.checkpoint.with_suffix(".safetensors")))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    other = adapt_attribute(method, "weather", few_files(), tiny_backbone, tmp_path / "other",
+                            config=replace(FAST_ADAPT, seed=1), progress=False)
+    other_tensors = load_file(str(other.checkpoint.with_suffix(".safetensors")))
+    assert any(not torch.equal(first[k], other_tensors[k]) for k in first)
+
+
+def test_serving_adapted_heads_is_deterministic_and_records_the_method(adapted, tiny_backbone):
+    heads = serving_heads(tiny_backbone, adapted["microclip"].checkpoint.parent)
+    images = sample_images().head(5)
+    first = predict_attributes(images, tiny_backbone, heads, progress=False).predictions.to_pandas()
+    second = predict_attributes(images, tiny_backbone, heads, progress=False).predictions.to_pandas()
+    assert first.equals(second)  # CenterCrop test transform: no randomness at prediction time (MC-P9)
+    methods = first.groupby("attribute")["method"].first().to_dict()
+    assert methods.pop("weather") == "microclip" and set(methods.values()) == {"zeroshot"}
+
+
+def test_checkpoint_with_an_unknown_method_is_refused(adapted, tiny_backbone, tmp_path):
+    source = adapted["fair"].checkpoint
+    sidecar = json.loads(source.read_text())
+    sidecar["method"] = "lafter"
+    (tmp_path / "weather.json").write_text(json.dumps(sidecar))
+    (tmp_path / "weather.safetensors").write_bytes(source.with_suffix(".safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="unknown head method 'lafter'"):
+        load_head(tmp_path / "weather.json", tiny_backbone)
+
+
+def test_views_crops_and_schedule(tiny_backbone):
+    weak, strong, crops = SelfTrainingViews(few_files(1), tiny_backbone, n_crops=3)[0]
+    assert weak.shape == strong.shape == (3, 224, 224) and crops.shape == (3, 3, 224, 224)
+    image = Image.new("RGB", (400, 200))
+    for crop in random_square_crops(image, 20, (0.5, 0.9), random.Random(0)):
+        assert crop.size[0] == crop.size[1] and 100 <= crop.size[0] <= 180
+    assert strong_mode_for("weather") == "geometric" and strong_mode_for("platform") == "randaugment"
+    assert strong_mode_for("weather", "randaugment") == "randaugment"
+    config = AdaptConfig(lr=1e-4, min_lr=2e-6)
+    assert cosine_lr(0, 10, config) == pytest.approx(1e-4) and cosine_lr(10, 10, config) == pytest.approx(2e-6)
+    assert cosine_lr(5, 10, config) == pytest.approx((1e-4 + 2e-6) / 2)
+    with pytest.raises(AdaptationError, match="strong"):
+        AdaptConfig(strong="heavy")
+
+
+def test_image_files_from_a_run_folder_or_a_plain_folder(tmp_path):
+    assert len(image_files(SAMPLE)) == len(sample_images())  # images.parquet + images/
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "sub" / "a.jpg")
+    assert image_files(tmp_path) == [str(tmp_path / "sub" / "a.jpg")]
+    with pytest.raises(AdaptationError, match="no images"):
+        image_files(_empty(tmp_path))
+    with pytest.raises(AdaptationError, match="not a folder"):
+        image_files(tmp_path / "nope")
+
+
+def _empty(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    return empty
+
+
+def test_zero_shot_vs_adapted_table_and_cli(tiny_backbone, tmp_path, pano_csv, capsys):
+    from flows.cli import main
+
+    code = main(["adapt", "--method", "fair", "--images", str(SAMPLE), "--attribute", "pano_status", "--out",
+                 str(tmp_path), "--model", "tiny", "--device", "cpu", "--max-steps", "1", "--adapt-batch-size", "4",
+                 "--crops", "2", "--num-workers", "0", "--eval-data", str(pano_csv)])
+    out = capsys.readouterr().out
+    assert code == 0 and "FAIR-style (reconstructed)" in out and "| pano_status | gain |" in out
+    report = json.loads((tmp_path / "pano_status-adaptation.json").read_text())
+    assert set(report["methods"]) == {"zeroshot", "fair"} and report["n"] == 19
+    spherical = int((pd.read_csv(pano_csv)["label"] == "spherical").sum())
+    assert report["class_counts"] == {"non_panoramic": 19 - spherical, "panoramic": spherical}
+    assert sum(map(sum, report["methods"]["fair"]["confusion_matrix"])) == 19
+    zs = compare_adapted("pano_status", pano_csv, tiny_backbone, tmp_path, tmp_path / "again", progress=False)
+    assert zs["methods"]["fair"]["accuracy"] == report["methods"]["fair"]["accuracy"]
+    assert adaptation_table([report]).count("| pano_status |") == 3
+    assert main(["adapt", "--method", "fair", "--images", str(tmp_path / "none"), "--attribute", "glare",
+                 "--model", "tiny", "--device", "cpu"]) == 2
+    assert "not a folder" in capsys.readouterr().err
