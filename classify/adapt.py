@@ -67,6 +67,33 @@ def get_method(name: str) -> AdaptMethod:
         raise AdaptationError(f"unknown adaptation method {name!r}; choose from {', '.join(METHODS)}") from None
 
 
+_PARSERS = {"float": float, "int": int, "str": str, "bool": lambda v: v.lower() in ("1", "true", "yes")}
+
+
+def method_config(method: str, options: list[str] | dict | None = None):
+    """The method's config with ``options`` applied: ``["gamma=0.3", "weighting=margin"]`` or a dict.
+
+    Values are converted by the field's type; ``AdaptationError`` names an unknown key or bad value.
+    """
+    from dataclasses import fields
+
+    spec = get_method(method)
+    known = {f.name: f for f in fields(spec.config)}
+    pairs = options.items() if isinstance(options, dict) else [o.split("=", 1) if "=" in o else (o, None)
+                                                                 for o in (options or [])]
+    values = {}
+    for key, value in pairs:
+        if key not in known:
+            raise AdaptationError(f"unknown {method} option {key!r}; choose from {', '.join(known)}")
+        if value is None:
+            raise AdaptationError(f"option {key!r} needs a value: {key}=VALUE")
+        try:
+            values[key] = _PARSERS[str(known[key].type)](value) if isinstance(value, str) else value
+        except ValueError:
+            raise AdaptationError(f"{method} option {key}={value!r} is not a valid {known[key].type}") from None
+    return spec.config(**values)
+
+
 @dataclass(frozen=True)
 class AdaptConfig:
     """Self-training loop settings (the microCLIP reference values by default)."""
@@ -201,6 +228,23 @@ def image_files(images: str | Path) -> list[str]:
     return files
 
 
+@torch.no_grad()
+def zero_shot_label_prior(head: nn.Module, files: list[str], backbone: Backbone, *, batch_size: int = 64,
+                          progress: bool = True) -> torch.Tensor:
+    """π (C,) for the prior-matched fairness term (MC-P19): add-one-smoothed frequencies of the
+    initial model's CLS-vs-prior predictions over ``files`` (test transform)."""
+    from classify.predict import image_batches
+
+    counts = torch.ones(len(head.attribute.classes))
+    for _, pixels, _ in image_batches(files, backbone, batch_size=batch_size, progress=progress,
+                                      desc="estimating the label prior"):
+        if pixels is not None:
+            pooled, _ = head.visual(pixels.to(backbone.device), with_tokens=False)
+            scores = nn.functional.normalize(pooled.float(), dim=-1) @ head.prior.T
+            counts += torch.bincount(scores.argmax(-1).cpu(), minlength=len(counts))
+    return (counts / counts.sum()).to(head.label_prior.device)
+
+
 @dataclass
 class AdaptResult:
     """An adapted head, where it was saved, and how self-training went."""
@@ -219,6 +263,8 @@ def adapt_attribute(method: str, attribute: str, files: list[str], backbone: Bac
     method_config = method_config or spec.config()
     _seed_everything(config.seed)
     head = spec.build(backbone, attr, method_config)
+    if getattr(method_config, "fairness", "uniform") == "prior":
+        head.label_prior.copy_(zero_shot_label_prior(head, list(files), backbone, progress=progress))
     history = self_train(head, spec, list(files), backbone, config, progress=progress)
     hyperparameters = {**config.to_dict(), "method_name": spec.display_name, "n_images": len(files),
                        "strong_resolved": strong_mode_for(attr.name, config.strong), "unsupervised": True}

@@ -72,7 +72,11 @@ def ncut_foreground(tokens: torch.Tensor, threshold: float = 0.2, eps: float = 1
     L = D^{-1/2}(D − A)D^{-1/2}; f = the second-smallest eigenvector, its sign fixed so that the
     token with the largest |f| is positive; foreground m = f > std(f). Runs in fp32 without gradients.
     """
-    p = tokens.detach().float()
+    with torch.autocast(tokens.device.type, enabled=False):  # thresholds and eigh stay in fp32 under AMP
+        return _ncut_fp32(tokens.detach().float(), threshold, eps, affinity)
+
+
+def _ncut_fp32(p: torch.Tensor, threshold: float, eps: float, affinity: str) -> torch.Tensor:
     if affinity == "cosine":
         p = nn.functional.normalize(p, dim=-1)
     similarity = p @ p.transpose(1, 2)

@@ -71,7 +71,7 @@ def _adapt_options(args: argparse.Namespace) -> dict:
 def _adapt(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from classify.adapt import AdaptConfig, adapt_images, get_method, image_files
+    from classify.adapt import AdaptConfig, adapt_images, get_method, image_files, method_config
     from classify.adapt_eval import adaptation_table, compare_adapted
     from classify.backbone import load_backbone
 
@@ -82,7 +82,8 @@ def _adapt(args: argparse.Namespace) -> int:
         files = image_files(args.images)
         backbone = load_backbone(args.model, weights=args.weights, device=args.device)
         print(f"{spec.display_name}: adapting {', '.join(attributes)} on {len(files)} unlabelled images")
-        results = adapt_images(args.method, files, attributes, backbone, args.out, config=config)
+        results = adapt_images(args.method, files, attributes, backbone, args.out, config=config,
+                               method_config=method_config(args.method, args.set))
         reports = [compare_adapted(name, args.eval_data, backbone, args.out, args.out, split=args.eval_split)
                    for name in attributes] if args.eval_data else []
     except _user_errors() as exc:
@@ -220,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--out", default="outputs/adapted", help="heads folder: <attribute>.safetensors + .json")
     adapt.add_argument("--eval-data", help="labelled set (GSS folder or path,label CSV): print zero-shot vs adapted")
     adapt.add_argument("--eval-split", choices=["test", "train"], default="test")
+    adapt.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="method options, e.g. gamma=0.3 fairness=prior "
+                       "(microclip) or weighting=margin top_k=2 (fair); see classify/microclip.py, classify/fair.py")
     _add_model_options(adapt)
     _add_adapt_loop_options(adapt)
     adapt.set_defaults(handler=_adapt)

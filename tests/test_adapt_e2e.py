@@ -125,10 +125,11 @@ def test_zero_shot_vs_adapted_table_and_cli(tiny_backbone, tmp_path, pano_csv, c
 
     code = main(["adapt", "--method", "fair", "--images", str(SAMPLE), "--attribute", "pano_status", "--out",
                  str(tmp_path), "--model", "tiny", "--device", "cpu", "--max-steps", "1", "--adapt-batch-size", "4",
-                 "--crops", "2", "--num-workers", "0", "--eval-data", str(pano_csv)])
+                 "--crops", "2", "--num-workers", "0", "--eval-data", str(pano_csv), "--set", "weighting=margin"])
     out = capsys.readouterr().out
     assert code == 0 and "FAIR-style (reconstructed)" in out and "| pano_status | gain |" in out
     report = json.loads((tmp_path / "pano_status-adaptation.json").read_text())
+    assert json.loads((tmp_path / "pano_status.json").read_text())["adapter"]["weighting"] == "margin"
     assert set(report["methods"]) == {"zeroshot", "fair"} and report["n"] == 19
     spherical = int((pd.read_csv(pano_csv)["label"] == "spherical").sum())
     assert report["class_counts"] == {"non_panoramic": 19 - spherical, "panoramic": spherical}
@@ -139,3 +140,19 @@ def test_zero_shot_vs_adapted_table_and_cli(tiny_backbone, tmp_path, pano_csv, c
     assert main(["adapt", "--method", "fair", "--images", str(tmp_path / "none"), "--attribute", "glare",
                  "--model", "tiny", "--device", "cpu"]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_method_options_are_typed_and_checked():
+    from classify.adapt import method_config
+    from classify.fair import FairConfig
+    from classify.microclip import MicroCLIPConfig
+
+    assert method_config("microclip", ["gamma=0.25", "fairness=prior"]) == MicroCLIPConfig(gamma=0.25, fairness="prior")
+    assert method_config("fair", {"top_k": 2, "weighting": "margin"}) == FairConfig(top_k=2, weighting="margin")
+    assert method_config("fair", ["top_k=3"]).top_k == 3
+    with pytest.raises(AdaptationError, match="unknown microclip option 'temperature'"):
+        method_config("microclip", ["temperature=2"])
+    with pytest.raises(AdaptationError, match="not a valid float"):
+        method_config("microclip", ["gamma=high"])
+    with pytest.raises(AdaptationError, match="unknown adaptation method"):
+        method_config("lafter")

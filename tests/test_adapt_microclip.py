@@ -170,3 +170,16 @@ def test_config_refuses_unknown_options():
         MicroCLIPConfig(ncut_affinity="l2")
     with pytest.raises(AdaptationError, match="gamma"):
         MicroCLIPConfig(gamma=1.5)
+
+
+def test_prior_matched_fairness_estimates_the_label_prior_from_zero_shot(tiny_backbone, tmp_path):
+    from classify.adapt import adapt_attribute, zero_shot_label_prior
+    from tests.adapt_support import FAST_ADAPT, few_files
+
+    head = build_microclip_head(tiny_backbone, get_attribute("quality"))
+    prior = zero_shot_label_prior(head, few_files(3), tiny_backbone, progress=False)
+    assert prior.shape == (3,) and float(prior.sum()) == pytest.approx(1.0) and float(prior.min()) >= 1 / 6
+    assert sorted((prior * 6).round().tolist()) in ([1.0, 1.0, 4.0], [1.0, 2.0, 3.0])  # 3 images, add-one smoothing
+    result = adapt_attribute("microclip", "quality", few_files(3), tiny_backbone, tmp_path, config=FAST_ADAPT,
+                             method_config=MicroCLIPConfig(fairness="prior"), progress=False)
+    assert torch.allclose(result.head.label_prior, prior)
