@@ -147,6 +147,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     for method, note in report["notes"].items():
         print(f"note: {method}: {note}")
     print(f"report: {report['report_path']} (confusion matrices beside it)")
+    if args.adapted:
+        from classify.adapt_eval import adaptation_table, compare_adapted
+
+        try:
+            adapted = compare_adapted(args.attribute, args.data, backbone, args.adapted, args.out, split=args.split)
+        except _user_errors() as exc:
+            print(f"city-audit: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"zero-shot vs {adapted['adapted_method']} (heads in {args.adapted}):")
+        print(adaptation_table([adapted]))
     return 0
 
 
@@ -257,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--train-data", help="training labels for the linear probe (default: --data's train split)")
     evaluate.add_argument("--out", default="outputs/evaluation", help="folder for the JSON report and confusion PNGs")
     evaluate.add_argument("--cache-dir", help="backbone feature cache (shared with train)")
+    evaluate.add_argument("--adapted", help="heads folder from city-audit adapt: also print zero-shot vs adapted")
     _add_model_options(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 

@@ -137,6 +137,10 @@ def test_zero_shot_vs_adapted_table_and_cli(tiny_backbone, tmp_path, pano_csv, c
     zs = compare_adapted("pano_status", pano_csv, tiny_backbone, tmp_path, tmp_path / "again", progress=False)
     assert zs["methods"]["fair"]["accuracy"] == report["methods"]["fair"]["accuracy"]
     assert adaptation_table([report]).count("| pano_status |") == 3
+    assert main(["evaluate", "--attribute", "pano_status", "--data", str(pano_csv), "--adapted", str(tmp_path),
+                 "--out", str(tmp_path / "evaluation"), "--model", "tiny", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "zero-shot vs FAIR-style (reconstructed)" in out and "| pano_status | fair |" in out
     assert main(["adapt", "--method", "fair", "--images", str(tmp_path / "none"), "--attribute", "glare",
                  "--model", "tiny", "--device", "cpu"]) == 2
     assert "not a folder" in capsys.readouterr().err
