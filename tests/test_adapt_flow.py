@@ -9,22 +9,25 @@ import pytest
 
 from tests.adapt_support import SAMPLE
 from tests.conftest import SAMPLE_BBOX
+from tests.mhadapter_support import FAST, feature_cache_dir, pano_csv, trained_heads  # noqa: F401 - fixtures
 
 FAST_OPTIONS = {"epochs": 1, "max_steps": 1, "batch_size": 4, "n_crops": 2, "num_workers": 0}
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("method", ["microclip", "fair"])
-def test_city_audit_adapts_on_its_own_images_and_records_the_method(prefect_harness, tmp_path, method):
+def test_city_audit_adapts_on_its_own_images_and_records_the_method(prefect_harness, tmp_path, method, trained_heads):
     from flows.city_audit import city_audit
 
     summary = city_audit(bbox=SAMPLE_BBOX, source="sample", model="tiny", out=str(tmp_path / "run"), device="cpu",
-                         adapt=method, adapt_attributes=["weather", "glare"], adapt_options=FAST_OPTIONS)
+                         adapt=method, adapt_attributes=["weather", "glare"], adapt_options=FAST_OPTIONS,
+                         heads=str(trained_heads.checkpoint.parent))  # a trained pano_status head keeps serving
     with duckdb.connect(summary["outputs"]["database"], read_only=True) as db:
         methods = dict(db.sql("select attribute, string_agg(distinct method) from predictions group by 1").fetchall())
         n_weather = db.sql("select count(*) from predictions where attribute = 'weather'").fetchone()[0]
     assert methods.pop("weather") == methods.pop("glare") == method
-    assert set(methods.values()) == {"zeroshot"} and len(methods) == 6
+    assert methods.pop("pano_status") == "mhadapter"
+    assert set(methods.values()) == {"zeroshot"} and len(methods) == 5
     assert n_weather == summary["images"] == 19
     manifest = json.loads((tmp_path / "run" / "run.json").read_text())
     assert manifest["parameters"]["adapt"] == method
