@@ -50,3 +50,14 @@ def test_adapt_city_flow_writes_checkpoints_and_the_comparison(prefect_harness, 
     assert summary["method_name"] == "FAIR-style (reconstructed)" and summary["n_images"] == 19
     assert (tmp_path / "heads" / "pano_status.safetensors").is_file()
     assert "| pano_status | fair |" in summary["table"] and "| pano_status | zeroshot |" in summary["table"]
+
+
+@pytest.mark.integration
+def test_image_files_of_a_finished_run(sample_run):
+    from pathlib import Path
+
+    from classify.adapt import image_files
+
+    files = image_files(sample_run["out"])
+    assert len(files) == sample_run["images"] == 19
+    assert all(Path(f).parent == Path(sample_run["out"]) / "images" and Path(f).is_file() for f in files)

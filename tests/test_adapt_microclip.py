@@ -183,3 +183,19 @@ def test_prior_matched_fairness_estimates_the_label_prior_from_zero_shot(tiny_ba
     result = adapt_attribute("microclip", "quality", few_files(3), tiny_backbone, tmp_path, config=FAST_ADAPT,
                              method_config=MicroCLIPConfig(fairness="prior"), progress=False)
     assert torch.allclose(result.head.label_prior, prior)
+
+
+@torch.no_grad()
+def test_teacher_scores_mix_the_static_prior_and_the_dynamic_head(tiny_backbone):
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    head = build_microclip_head(tiny_backbone, get_attribute("platform")).eval()
+    weak, crops = torch.randn(2, 3, 224, 224), torch.randn(2, 3, 3, 224, 224)
+    cls, fg = head.encode(weak)
+    crop_cls = nn.functional.normalize(head.visual(crops.flatten(0, 1), with_tokens=False)[0], dim=-1).view(2, 3, -1)
+    static = crop_composite(crop_cls, cls, 1.0) @ head.prior.T
+    dynamic = nn.functional.normalize(0.5 * cls + 0.5 * fg, dim=-1) @ nn.functional.normalize(head.classifier, dim=-1).T
+    for gamma in (0.0, 0.5, 1.0):
+        head.config = replace(head.config, gamma=gamma)
+        assert torch.allclose(head.teacher_scores(weak, crops), gamma * static + (1 - gamma) * dynamic, atol=1e-5)
