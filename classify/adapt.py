@@ -253,33 +253,75 @@ class AdaptResult:
     checkpoint: Path
     history: list[dict]
     n_images: int
+    reused: bool = False  # True when an identical earlier adaptation was loaded instead of retrained
+
+
+def images_digest(files: list[str]) -> str:
+    """sha256 over the sorted paths, sizes and modification times of ``files`` (what a reuse check compares)."""
+    import hashlib
+    import os
+
+    digest = hashlib.sha256()
+    for file in sorted(files):
+        stat = os.stat(file)
+        digest.update(f"{file}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _reusable(sidecar_path: Path, method: str, hyperparameters: dict, method_config, backbone: Backbone):
+    """The saved head if ``sidecar_path`` was adapted with the same method, settings, images and backbone."""
+    from classify.checkpoints import CheckpointError, load_head, read_sidecar
+
+    if not sidecar_path.is_file():
+        return None
+    try:
+        sidecar = read_sidecar(sidecar_path)
+        same = sidecar.get("method") == method and sidecar.get("adapter") == method_config.to_dict() and \
+            all(sidecar.get("hyperparameters", {}).get(k) == v for k, v in hyperparameters.items())
+        return load_head(sidecar_path, backbone) if same else None
+    except CheckpointError:
+        return None
 
 
 def adapt_attribute(method: str, attribute: str, files: list[str], backbone: Backbone, out_dir: str | Path, *,
-                    config: AdaptConfig = AdaptConfig(), method_config=None, progress: bool = True) -> AdaptResult:
-    """Adapt ``attribute`` with ``method`` on unlabelled ``files`` and save the checkpoint in ``out_dir``."""
+                    config: AdaptConfig = AdaptConfig(), method_config=None, reuse: bool = True,
+                    progress: bool = True) -> AdaptResult:
+    """Adapt ``attribute`` with ``method`` on unlabelled ``files`` and save the checkpoint in ``out_dir``.
+
+    With ``reuse``, an existing checkpoint adapted with the same method, settings, images (paths,
+    sizes, mtimes) and backbone is loaded instead of training again (``AdaptResult.reused``).
+    """
+    from classify.checkpoints import head_paths, read_sidecar
+
     spec = get_method(method)
     attr = get_attribute(attribute)
     method_config = method_config or spec.config()
+    hyperparameters = {**config.to_dict(), "method_name": spec.display_name, "n_images": len(files),
+                       "images_sha256": images_digest(list(files)),
+                       "strong_resolved": strong_mode_for(attr.name, config.strong), "unsupervised": True}
+    sidecar_path = head_paths(out_dir, attr.name)[1]
+    saved = _reusable(sidecar_path, method, hyperparameters, method_config, backbone) if reuse else None
+    if saved is not None:
+        history = read_sidecar(sidecar_path).get("metrics", {}).get("history", [])
+        return AdaptResult(saved, sidecar_path, history, len(files), reused=True)
     _seed_everything(config.seed)
     head = spec.build(backbone, attr, method_config)
     if getattr(method_config, "fairness", "uniform") == "prior":
         head.label_prior.copy_(zero_shot_label_prior(head, list(files), backbone, progress=progress))
     history = self_train(head, spec, list(files), backbone, config, progress=progress)
-    hyperparameters = {**config.to_dict(), "method_name": spec.display_name, "n_images": len(files),
-                       "strong_resolved": strong_mode_for(attr.name, config.strong), "unsupervised": True}
     checkpoint = save_head(head, out_dir, backbone, hyperparameters=hyperparameters, metrics={"history": history})
     return AdaptResult(head, checkpoint, history, len(files))
 
 
 def adapt_images(method: str, files: list[str], attributes: list[str], backbone: Backbone, out_dir: str | Path, *,
-                 config: AdaptConfig = AdaptConfig(), method_config=None,
+                 config: AdaptConfig = AdaptConfig(), method_config=None, reuse: bool = True,
                  progress: bool = True) -> dict[str, AdaptResult]:
-    """Adapt every attribute in ``attributes`` on the same unlabelled ``files``; checkpoints go to ``out_dir``."""
+    """Adapt every attribute in ``attributes`` on the same unlabelled ``files``; checkpoints go to ``out_dir``
+    (an identical earlier adaptation there is reused, see ``adapt_attribute``)."""
     if not attributes:
         raise AdaptationError("no attributes to adapt")
     return {name: adapt_attribute(method, name, files, backbone, out_dir, config=config,
-                                  method_config=method_config, progress=progress) for name in attributes}
+                                  method_config=method_config, reuse=reuse, progress=progress) for name in attributes}
 
 
 def adapt_image_store(images: pd.DataFrame, store: str | Path, method: str, attributes: list[str], out_dir: str | Path,
@@ -297,4 +339,5 @@ def adapt_image_store(images: pd.DataFrame, store: str | Path, method: str, attr
     results = adapt_images(method, files, attributes, backbone, out_dir, config=config, progress=progress)
     return {"method": method, "method_name": get_method(method).display_name, "heads": str(out_dir),
             "n_images": len(files), "backbone_trained": backbone.trained, "config": config.to_dict(),
-            "checkpoints": {name: str(r.checkpoint) for name, r in results.items()}}
+            "checkpoints": {name: str(r.checkpoint) for name, r in results.items()},
+            "reused": sorted(name for name, r in results.items() if r.reused)}

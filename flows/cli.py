@@ -44,6 +44,10 @@ def _run(args: argparse.Namespace) -> int:
     print(f"matched to a road segment: {summary['matched_images']} (within {args.max_distance_m:g} m)")
     print(f"segments with predictions: {summary['segments_with_predictions']} of {summary['segments']}")
     print(f"failures:                  {summary['failures']} (see run.json)")
+    if summary.get("adapted"):
+        adapted = summary["adapted"]
+        print(f"adapted ({adapted['method_name']}, on this run's {adapted['n_images']} images): "
+              f"{', '.join(adapted['checkpoints'])} -> {adapted['heads']}")
     print(f"outputs in {summary['out']}:")
     for name in ("segments", "images", "database", "manifest"):
         print(f"  {name:9} {summary['outputs'][name]}")
@@ -94,8 +98,9 @@ def _adapt(args: argparse.Namespace) -> int:
               f"check, not models.")
     for name, result in results.items():
         counts = result.history[-1]["pseudo_label_counts"] if result.history else {}
-        print(f"{name}: {result.history[-1]['steps'] if result.history else 0} steps, last-epoch pseudo-labels "
-              f"{counts} -> {result.checkpoint}")
+        how = "reused an identical earlier adaptation" if result.reused else \
+            f"{result.history[-1]['steps'] if result.history else 0} steps"
+        print(f"{name}: {how}, last-epoch pseudo-labels {counts} -> {result.checkpoint}")
     if reports:
         print(f"zero-shot vs {spec.display_name} on {args.eval_data} ({args.eval_split}):")
         print(adaptation_table(reports))

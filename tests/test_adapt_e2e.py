@@ -160,3 +160,19 @@ def test_method_options_are_typed_and_checked():
         method_config("microclip", ["gamma=high"])
     with pytest.raises(AdaptationError, match="unknown adaptation method"):
         method_config("lafter")
+
+
+def test_an_identical_earlier_adaptation_is_reused_and_any_change_retrains(adapted, tiny_backbone, tmp_path):
+    import shutil
+
+    source = adapted["fair"].checkpoint
+    for suffix in (".json", ".safetensors"):
+        shutil.copy2(source.with_suffix(suffix), tmp_path / f"weather{suffix}")
+    again = adapt_attribute("fair", "weather", few_files(), tiny_backbone, tmp_path, config=FAST_ADAPT, progress=False)
+    assert again.reused and again.head.head_id == adapted["fair"].head.head_id and again.history
+    other_images = adapt_attribute("fair", "weather", few_files(3), tiny_backbone, tmp_path, config=FAST_ADAPT,
+                                   progress=False)
+    assert not other_images.reused and other_images.n_images == 3
+    forced = adapt_attribute("fair", "weather", few_files(3), tiny_backbone, tmp_path, config=FAST_ADAPT,
+                             reuse=False, progress=False)
+    assert not forced.reused and forced.head.head_id == other_images.head.head_id  # same seed, same result
