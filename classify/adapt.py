@@ -11,7 +11,8 @@ and heads), lr set per iteration by a cosine from ``lr`` to ``min_lr`` (2e-6) wi
 the last model is kept. Time is bounded by ``epochs`` and optionally ``max_steps``. On CUDA the
 forward passes run under bf16 autocast with fp32 master weights and gradient-norm clipping at
 1.0; the CPU runs fp32. Each epoch reseeds torch, Python and the loader from ``seed + epoch``,
-so a run is reproducible. No feature cache: the LayerNorms train, so every view needs a fresh
+so a run is reproducible. Unlike the reference there is no anomaly detection, no higher-order
+graph and no per-step synchronize/empty_cache (MC-P4-P6). No feature cache: the LayerNorms train, so every view needs a fresh
 forward and a backward through the whole image tower (cost: ``docs/adaptation.md``).
 """
 

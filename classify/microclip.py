@@ -12,8 +12,10 @@ Dynamic Knowledge Aggregation of the frozen description prior W_LLM on the crop 
 kept, no EMA (§3.4). Trainables: visual LayerNorms, Q/K/V_proj, the head W*, and the null token
 when ``null_token="learnable"``. Pitfalls resolved: value path for the last block only (MC-P7),
 W from the model (MC-P8), CenterCrop at test time (MC-P9, in ``classify.predict``), correctly
-named branches (MC-P10), vectorised NCut in fp32 with a cosine option (MC-P11), crop temperature
-exposed (MC-P12), weight decay explicit (MC-P14), no unused zero-shot copy (MC-P18).
+named branches (MC-P10), vectorised NCut in fp32 with a cosine option (MC-P11; the eigenvector's
+sign is fixed before thresholding, see ``ncut_foreground``), crop temperature exposed (MC-P12),
+weight decay explicit (MC-P14), truncated over-long descriptions (MC-P16), validated description
+keys (MC-P17), no unused zero-shot copy (MC-P18), a prior-matched fairness option (MC-P19).
 """
 
 from __future__ import annotations
