@@ -176,3 +176,18 @@ def test_an_identical_earlier_adaptation_is_reused_and_any_change_retrains(adapt
     forced = adapt_attribute("fair", "weather", few_files(3), tiny_backbone, tmp_path, config=FAST_ADAPT,
                              reuse=False, progress=False)
     assert not forced.reused and forced.head.head_id == other_images.head.head_id  # same seed, same result
+
+
+def test_parameter_groups_decay_everything_by_default_or_only_the_soap_maps(tiny_backbone):
+    from classify.adapt import parameter_groups
+
+    head = METHODS["microclip"].build(tiny_backbone, get_attribute("glare"), METHODS["microclip"].config())
+    n = len(head.trainable_parameters())
+    (everything,) = parameter_groups(head, AdaptConfig())
+    assert len(everything["params"]) == n and everything["weight_decay"] == 0.1
+    decayed, exempt = parameter_groups(head, AdaptConfig(decay_norms=False))
+    assert [p.shape for p in decayed["params"]] == [(tiny_backbone.width, tiny_backbone.width)] * 3
+    assert exempt["weight_decay"] == 0.0 and len(exempt["params"]) == n - 3
+    fair = METHODS["fair"].build(tiny_backbone, get_attribute("glare"), METHODS["fair"].config())
+    (only,) = parameter_groups(fair, AdaptConfig(decay_norms=False))
+    assert only["weight_decay"] == 0.0 and len(only["params"]) == len(fair.trainable_parameters())

@@ -199,3 +199,13 @@ def test_teacher_scores_mix_the_static_prior_and_the_dynamic_head(tiny_backbone)
     for gamma in (0.0, 0.5, 1.0):
         head.config = replace(head.config, gamma=gamma)
         assert torch.allclose(head.teacher_scores(weak, crops), gamma * static + (1 - gamma) * dynamic, atol=1e-5)
+
+
+def test_ncut_stays_in_fp32_under_bf16_autocast(monkeypatch):
+    tokens = torch.randn(2, 12, 8, generator=torch.Generator().manual_seed(0))
+    expected = ncut_foreground(tokens)
+    real_eigh, seen = torch.linalg.eigh, []
+    monkeypatch.setattr(torch.linalg, "eigh", lambda m: seen.append(m.dtype) or real_eigh(m))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # without the guard the affinities would be bf16
+        assert torch.equal(ncut_foreground(tokens), expected)
+    assert seen == [torch.float32]
