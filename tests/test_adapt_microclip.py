@@ -209,3 +209,16 @@ def test_ncut_stays_in_fp32_under_bf16_autocast(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):  # without the guard the affinities would be bf16
         assert torch.equal(ncut_foreground(tokens), expected)
     assert seen == [torch.float32]
+
+
+def test_vit_b16_trainable_count_matches_methods_3_2():
+    import open_clip
+
+    from classify.adapted_visual import AdaptedVisual
+
+    torch.manual_seed(0)
+    visual = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None).visual
+    norms = sum(p.numel() for p in AdaptedVisual(visual).parameters())
+    soap = sum(p.numel() for p in SOAP(visual.transformer.width).parameters())
+    assert norms == 39_936 and soap == 1_769_472
+    assert norms + soap + 512 * 5 == 1_809_408 + 512 * 5  # "1,809,408 + 512·C"
