@@ -27,6 +27,11 @@ class AdaptationError(ValueError):
     """Unsupervised adaptation cannot run: an unsupported backbone, no images, a bad option."""
 
 
+PIXELS_NEEDED = ("an adapted head (microclip, fair) runs its own image tower and needs the batch pixels "
+                 "(ImageFeatures.pixels, attached by classify.predict); it cannot score cached features: "
+                 "compare it with `city-audit evaluate --adapted DIR` or `city-audit adapt --eval-data`")
+
+
 def check_value_path_support(visual: nn.Module) -> None:
     """Raise ``AdaptationError`` unless ``visual`` is an open_clip ViT whose blocks expose the fused
     qkv projection of ``nn.MultiheadAttention`` and whose pooling is the plain CLS token."""

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from classify.adapted_visual import AdaptationError, AdaptedVisual
+from classify.adapted_visual import PIXELS_NEEDED, AdaptationError, AdaptedVisual
 from classify.backbone import Backbone, ImageFeatures
 from classify.descriptions import ClassText, class_text
 from classify.schema import Attribute
@@ -223,7 +223,7 @@ class MicroCLIPHead(nn.Module):
     def forward(self, features: ImageFeatures) -> torch.Tensor:
         """Prediction logits (B, C) from ``features.pixels`` (test transform, no crops, §3.5)."""
         if features.pixels is None:
-            raise AdaptationError("an adapted head needs the pixels of the batch (ImageFeatures.pixels)")
+            raise AdaptationError(PIXELS_NEEDED)
         return self.logits(features.pixels.to(self.classifier.device)).float()
 
 

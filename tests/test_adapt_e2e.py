@@ -191,3 +191,10 @@ def test_parameter_groups_decay_everything_by_default_or_only_the_soap_maps(tiny
     fair = METHODS["fair"].build(tiny_backbone, get_attribute("glare"), METHODS["fair"].config())
     (only,) = parameter_groups(fair, AdaptConfig(decay_norms=False))
     assert only["weight_decay"] == 0.0 and len(only["params"]) == len(fair.trainable_parameters())
+
+
+def test_an_adapted_head_refuses_features_without_pixels(adapted):
+    features = ImageFeatures(torch.zeros(2, 64), torch.zeros(2, 196, 128))
+    for result in adapted.values():
+        with pytest.raises(AdaptationError, match="--adapted DIR"):
+            result.head(features)
