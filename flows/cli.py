@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gpu-decode", action="store_true", help="decode JPEGs on the device (nvJPEG on CUDA)")
     run.add_argument("--adapt", choices=["microclip", "fair"], help="adapt to this run's own images first (microCLIP "
                      "or FAIR-style (reconstructed)) and predict with the adapted heads")
-    run.add_argument("--adapt-attributes", nargs="+", choices=list(ATTRIBUTES), help="attributes to adapt (default: all)")
+    run.add_argument("--adapt-attributes", nargs="+", choices=list(ATTRIBUTES), metavar="ATTRIBUTE",
+                     help="attributes to adapt (default: all)")
     _add_adapt_loop_options(run)
     run.set_defaults(handler=_run)
 
@@ -232,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="microclip | fair (FAIR-style (reconstructed): FAIR's code is not public)")
     adapt.add_argument("--images", required=True, help="a finished run's output folder (images/ + images.parquet) "
                        "or a folder of images")
-    adapt.add_argument("--attribute", required=True, nargs="+", choices=list(ATTRIBUTES) + ["all"])
+    adapt.add_argument("--attribute", required=True, nargs="+", choices=list(ATTRIBUTES) + ["all"],
+                       metavar="ATTRIBUTE", help=f"one or more of {', '.join(ATTRIBUTES)}, or all")
     adapt.add_argument("--out", default="outputs/adapted", help="heads folder: <attribute>.safetensors + .json")
     adapt.add_argument("--eval-data", help="labelled set (GSS folder or path,label CSV): print zero-shot vs adapted")
     adapt.add_argument("--eval-split", choices=["test", "train"], default="test")
