@@ -59,13 +59,17 @@ class ImageFeatures:
 
     ``pooled``: CLIP image embedding ``ln_post(CLS) @ proj``, unnormalised, (B, E).
     ``patch_tokens``: residual stream after block L-2 without the CLS token, (B, N, W).
+    ``pixels``: the preprocessed batch itself (B, 3, S, S), attached only when a head runs its own
+    adapted image tower (``needs_pixels``: microCLIP, FAIR-style); None otherwise.
     """
 
     pooled: torch.Tensor
     patch_tokens: torch.Tensor
+    pixels: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "ImageFeatures":
-        return ImageFeatures(self.pooled.to(device), self.patch_tokens.to(device))
+        pixels = None if self.pixels is None else self.pixels.to(device)
+        return ImageFeatures(self.pooled.to(device), self.patch_tokens.to(device), pixels)
 
 
 def default_device() -> torch.device:

@@ -123,12 +123,37 @@ def _check_compatible(sidecar: dict, backbone: Backbone, path: Path) -> None:
                               f"{attribute.prompts()}; retrain the head")
 
 
-def load_head(sidecar_path: str | Path, backbone: Backbone) -> MHAdapterHead:
-    """Rebuild the head described by ``<attribute>.json`` on ``backbone`` (its device, eval mode)."""
+def _build_mhadapter(sidecar: dict, tensors: dict[str, torch.Tensor], backbone: Backbone) -> MHAdapterHead:
+    head = MHAdapterHead(get_attribute(sidecar["attribute"]), tensors["text_embeddings"], backbone.logit_scale,
+                         backbone.width, AdapterConfig(**sidecar["adapter"]))
+    head.load_state_dict(tensors, strict=True)
+    return head
+
+
+#: method -> "module:function" that rebuilds a head from (sidecar, tensors, backbone); imported on
+#: first use, so the checkpoint format stays one for supervised and unsupervised heads.
+HEAD_BUILDERS: dict[str, str] = {
+    "mhadapter": "classify.checkpoints:_build_mhadapter",
+    "microclip": "classify.microclip:head_from_checkpoint",
+    "fair": "classify.fair:head_from_checkpoint",
+}
+
+
+def _builder(method: str, path: Path):
+    import importlib
+
+    if method not in HEAD_BUILDERS:
+        raise CheckpointError(f"{path}: unknown head method {method!r}; known: {', '.join(HEAD_BUILDERS)}")
+    module, function = HEAD_BUILDERS[method].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def load_head(sidecar_path: str | Path, backbone: Backbone) -> torch.nn.Module:
+    """Rebuild the head described by ``<attribute>.json`` on ``backbone`` (its device, eval mode);
+    the sidecar's ``method`` picks the builder in ``HEAD_BUILDERS``."""
     sidecar_path = Path(sidecar_path)
     sidecar = read_sidecar(sidecar_path)
-    if sidecar.get("method") != MHAdapterHead.method:
-        raise CheckpointError(f"{sidecar_path}: method {sidecar.get('method')!r} is not {MHAdapterHead.method!r}")
+    build = _builder(sidecar.get("method"), sidecar_path)
     _check_compatible(sidecar, backbone, sidecar_path)
     tensors_path = sidecar_path.with_suffix(".safetensors")
     if not tensors_path.is_file():
@@ -140,17 +165,15 @@ def load_head(sidecar_path: str | Path, backbone: Backbone) -> MHAdapterHead:
         tensors = load_file(str(tensors_path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{tensors_path}: not a readable safetensors file: {exc}") from None
-    attribute = get_attribute(sidecar["attribute"])
     try:
-        config = AdapterConfig(**sidecar["adapter"])
-        head = MHAdapterHead(attribute, tensors["text_embeddings"], backbone.logit_scale, backbone.width, config)
-        head.load_state_dict(tensors, strict=True)
+        head = build(sidecar, tensors, backbone)
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"{tensors_path}: tensors do not fit an MHAdapter head on {backbone.model_id}: {exc}") from None
+        raise CheckpointError(f"{tensors_path}: tensors do not fit a {sidecar.get('method')} head on "
+                              f"{backbone.model_id}: {exc}") from None
     return head.to(backbone.device).eval()
 
 
-def load_head_bundle(directory: str | Path, backbone: Backbone) -> dict[str, MHAdapterHead]:
+def load_head_bundle(directory: str | Path, backbone: Backbone) -> dict[str, torch.nn.Module]:
     """Every head checkpoint ``<attribute>.json`` in ``directory``, keyed by attribute name.
 
     Raises ``CheckpointError`` for a missing folder, a folder without any checkpoint, or a
@@ -214,7 +237,7 @@ def load_train_state(path: str | Path, head: torch.nn.Module,
 
 
 def serving_heads(backbone: Backbone, heads_dir: str | Path | None = None) -> dict[str, torch.nn.Module]:
-    """One head per attribute for inference: the MHAdapter checkpoints in ``heads_dir`` where
+    """One head per attribute for inference: the checkpoints in ``heads_dir`` (any method) where
     present, zero-shot for every other attribute (their prompts go through the text tower once)."""
     trained = load_head_bundle(heads_dir, backbone) if heads_dir is not None else {}
     missing = [attribute for name, attribute in ATTRIBUTES.items() if name not in trained]

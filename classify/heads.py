@@ -3,7 +3,9 @@
 Every head reads ``ImageFeatures`` (pooled embedding + patch tokens) and returns logits over its
 attribute's classes, so all 8 attributes share one image-tower pass. A head knows its
 ``attribute``, its ``method`` (``zeroshot``, ``mhadapter``, ...) and a ``head_id`` that is
-folded into each prediction's ``model_id``.
+folded into each prediction's ``model_id``. Heads adapted without labels (``microclip``, ``fair``)
+set ``needs_pixels = True``: they run their own image tower (with adapted LayerNorms) on
+``features.pixels``, which ``classify.predict`` then attaches to each batch.
 """
 
 from __future__ import annotations

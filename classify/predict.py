@@ -183,7 +183,10 @@ def predict_attributes(images: pd.DataFrame, backbone: Backbone, heads: Mapping[
     columns: dict[str, list] = {name: [] for name in PREDICTION_SCHEMA.names}
     failures = []
     model_ids = {name: f"{backbone.model_id}+{head.head_id}" for name, head in heads.items()}
-    cached = [i for i, image_id in enumerate(ids) if feature_cache is not None and feature_cache.has(image_id)]
+    # adapted heads (microCLIP, FAIR-style) run their own image tower on the pixels: no skipping the decode
+    needs_pixels = any(getattr(head, "needs_pixels", False) for head in heads.values())
+    cached = [i for i, image_id in enumerate(ids)
+              if feature_cache is not None and not needs_pixels and feature_cache.has(image_id)]
     for start in range(0, len(cached), batch_size):
         batch_ids = [ids[i] for i in cached[start:start + batch_size]]
         features = feature_cache.get(batch_ids).to(backbone.device)
@@ -198,6 +201,8 @@ def predict_attributes(images: pd.DataFrame, backbone: Backbone, heads: Mapping[
             batch_ids = [ids[todo[i]] for i in indices]
             if feature_cache is not None:
                 feature_cache.put(batch_ids, features)
+            if needs_pixels:
+                features.pixels = pixels.to(backbone.device)
             _append_predictions(columns, batch_ids, features, heads, model_ids)
     table = pa.Table.from_pydict(columns, schema=PREDICTION_SCHEMA)
     return PredictionResult(table, pd.DataFrame(failures, columns=["image_id", "stage", "reason"]))

@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from classify.adapt import adapt_image_store
 from classify.schema import ATTRIBUTES
 from classify.stage import UNTRAINED_WARNING, classify_image_store
 from geo.bbox import DEFAULT_MAX_AREA_KM2, BBox, parse_bbox
@@ -54,6 +55,14 @@ def classify(collection: ImageCollection, store: Path, model: str, weights: str 
                                 feature_cache=feature_cache, device_decode=device_decode)
 
 
+@stage(name="adapt to the city")
+def adapt_to_city(collection: ImageCollection, store: Path, method: str, attributes: list[str], out_dir: Path,
+                  model: str, weights: str | None, device: str | None, options: dict | None,
+                  trained_heads: str | None) -> dict:
+    return adapt_image_store(collection.images, store, method, attributes, out_dir, model=model, weights=weights,
+                             device=device, options=options, trained_heads=trained_heads, progress=False)
+
+
 @stage(name="build audit database")
 def build_database(database: Path, **tables) -> AuditCounts:
     return build_audit_database(database, **tables)
@@ -81,6 +90,9 @@ def city_audit(
     heads: str | None = None,
     feature_cache: str | None = None,
     device_decode: bool = False,
+    adapt: str | None = None,
+    adapt_attributes: list[str] | None = None,
+    adapt_options: dict | None = None,
     road_classes: str | list[str] | None = None,
     max_segment_length_m: float | None = None,
     heading_penalty_m: float = DEFAULT_HEADING_PENALTY_M,
@@ -101,13 +113,17 @@ def city_audit(
     local checkpoint file. out: the output folder. heads: a folder of trained head checkpoints
     (``city-audit train``); attributes without one are zero-shot, and each prediction records its
     method. feature_cache: a folder keeping backbone outputs per image. device_decode: decode
-    JPEGs on the GPU. Returns the run summary.
+    JPEGs on the GPU. adapt: "microclip" or "fair" (FAIR-style, reconstructed) adapts
+    ``adapt_attributes`` (default all 8) to this run's own images before classifying (unsupervised
+    self-training; ``adapt_options`` override ``classify.adapt.AdaptConfig``) and predicts those
+    attributes with the adapted heads, recording the method. Returns the run summary.
     """
     logger = get_run_logger()
     parameters = dict(bbox=bbox, source=source, images=images, roads=roads, model=model, weights=weights, out=out,
                       max_distance_m=max_distance_m, max_images=max_images, max_area_km2=max_area_km2,
                       batch_size=batch_size, device=device, heads=heads, feature_cache=feature_cache,
-                      device_decode=device_decode, road_classes=road_classes,
+                      device_decode=device_decode, adapt=adapt, adapt_attributes=adapt_attributes,
+                      adapt_options=adapt_options, road_classes=road_classes,
                       max_segment_length_m=max_segment_length_m, heading_penalty_m=heading_penalty_m,
                       slice_by_year=slice_by_year, partition_by_tile=partition_by_tile, cell_size_m=cell_size_m)
     run_id = str(flow_run.id or uuid.uuid4())
@@ -126,6 +142,12 @@ def city_audit(
     out_dir.mkdir(parents=True, exist_ok=True)
     collection = timed("collect_images", collect, area, source, images, store, max_images)
     segments = timed("load_road_segments", road_segments, area, roads, road_classes, max_segment_length_m)
+    adaptation = None
+    if adapt:
+        adapted_dir = work / f"adapted-{adapt}"
+        adaptation = timed("adapt_to_city", adapt_to_city, collection, store, adapt, list(adapt_attributes or ATTRIBUTES),
+                           adapted_dir, model, weights, device, adapt_options, heads)
+        heads = str(adapted_dir)  # adapted heads, plus the --heads checkpoints of the other attributes
     classified = timed("classify_images", classify, collection, store, model, weights, device, batch_size, work,
                        heads, feature_cache, device_decode)
     if not classified.model["trained"]:
@@ -152,11 +174,13 @@ def city_audit(
         "predictions": counts.predictions,
         "failures": len(failures),
         "predictions_reused": classified.reused,
+        "adapted": adaptation,
     }
     attribution = [make_source(source, images).attribution, ROADS_ATTRIBUTION.get(roads, f"roads from {roads}"),
                    "attribute schema: Global StreetScapes (Hou et al. 2024, ISPRS J. 215:216-238)"]
     outputs["manifest"] = str(write_manifest(
-        out_dir / "run.json", run_id=run_id, parameters=parameters, model=classified.model,
+        out_dir / "run.json", run_id=run_id, parameters=parameters,
+        model={**classified.model, **({"adaptation": adaptation} if adaptation else {})},
         counts={k: v for k, v in summary.items() if isinstance(v, int) and not isinstance(v, bool)},
         timings_s=timings, failures=failures.to_dict("records"), outputs=outputs, attribution=attribution))
     summary["outputs"] = outputs

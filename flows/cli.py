@@ -4,6 +4,8 @@
     city-audit run ... --heads outputs/heads     # trained MHAdapter heads, zero-shot for the rest
     city-audit train --attribute weather --data GSS_ROOT --out outputs/heads
     city-audit evaluate --attribute weather --data GSS_ROOT --heads outputs/heads --out outputs/eval
+    city-audit adapt --method microclip --images outputs/sample --attribute weather --out outputs/adapted
+    city-audit run ... --adapt fair  # adapt on the run's own images first, then predict with the adapted heads
     city-audit serve                 # serve the flow as deployment city-audit/local
     city-audit models                # list the registered backbones
 """
@@ -33,9 +35,11 @@ def _run(args: argparse.Namespace) -> int:
                          weights=args.weights, out=args.out, max_distance_m=args.max_distance_m,
                          max_images=args.max_images, max_area_km2=args.max_area_km2, batch_size=args.batch_size,
                          device=args.device, heads=args.heads, feature_cache=args.feature_cache,
-                         device_decode=args.gpu_decode, road_classes=args.road_classes,
-                         max_segment_length_m=args.max_segment_length_m, heading_penalty_m=args.heading_penalty_m,
-                         slice_by_year=args.by_year, partition_by_tile=args.tiles, cell_size_m=args.cell_size_m)
+                         device_decode=args.gpu_decode, adapt=args.adapt,
+                         adapt_attributes=args.adapt_attributes, adapt_options=_adapt_options(args),
+                         road_classes=args.road_classes, max_segment_length_m=args.max_segment_length_m,
+                         heading_penalty_m=args.heading_penalty_m, slice_by_year=args.by_year,
+                         partition_by_tile=args.tiles, cell_size_m=args.cell_size_m)
     print()
     if not summary["model_trained"]:
         print(f"WARNING: model '{args.model}' is UNTRAINED (random weights): the labels are noise, not results.")
@@ -43,6 +47,10 @@ def _run(args: argparse.Namespace) -> int:
     print(f"matched to a road segment: {summary['matched_images']} (within {args.max_distance_m:g} m)")
     print(f"segments with predictions: {summary['segments_with_predictions']} of {summary['segments']}")
     print(f"failures:                  {summary['failures']} (see run.json)")
+    if summary.get("adapted"):
+        adapted = summary["adapted"]
+        print(f"adapted ({adapted['method_name']}, on this run's {adapted['n_images']} images): "
+              f"{', '.join(adapted['checkpoints'])} -> {adapted['heads']}")
     print(f"outputs in {summary['out']}:")
     for name in ("segments", "images", "geopackage", "styles", "raster", "map_png", "map_html", "report", "database",
                  "manifest", "segment_tiles", "image_tiles"):
@@ -52,12 +60,56 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _user_errors():
+    from classify.adapted_visual import AdaptationError
     from classify.backbone import BackboneError
     from classify.checkpoints import CheckpointError
+    from classify.descriptions import DescriptionError
     from classify.labels import LabelFileError
     from classify.train import TrainingError
 
-    return BackboneError, CheckpointError, LabelFileError, TrainingError
+    return BackboneError, CheckpointError, LabelFileError, TrainingError, AdaptationError, DescriptionError
+
+
+def _adapt_options(args: argparse.Namespace) -> dict:
+    """The ``AdaptConfig`` overrides given on the command line (None = keep the reference value)."""
+    names = {"epochs": "epochs", "max_steps": "max_steps", "batch_size_adapt": "batch_size", "lr": "lr",
+             "n_crops": "n_crops", "strong": "strong", "seed": "seed", "num_workers": "num_workers"}
+    return {field: getattr(args, name) for name, field in names.items() if getattr(args, name, None) is not None}
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from classify.adapt import AdaptConfig, adapt_images, get_method, image_files, method_config
+    from classify.adapt_eval import adaptation_table, compare_adapted
+    from classify.backbone import load_backbone
+
+    attributes = list(ATTRIBUTES) if args.attribute == ["all"] else args.attribute
+    try:
+        spec = get_method(args.method)
+        config = replace(AdaptConfig(), **_adapt_options(args))
+        files = image_files(args.images)
+        backbone = load_backbone(args.model, weights=args.weights, device=args.device)
+        print(f"{spec.display_name}: adapting {', '.join(attributes)} on {len(files)} unlabelled images")
+        results = adapt_images(args.method, files, attributes, backbone, args.out, config=config,
+                               method_config=method_config(args.method, args.set))
+        reports = [compare_adapted(name, args.eval_data, backbone, args.out, args.out, split=args.eval_split)
+                   for name in attributes] if args.eval_data else []
+    except _user_errors() as exc:
+        print(f"city-audit: error: {exc}", file=sys.stderr)
+        return 2
+    if not backbone.trained:
+        print(f"WARNING: model '{args.model}' is UNTRAINED (random weights): these adapted heads are a pipeline "
+              f"check, not models.")
+    for name, result in results.items():
+        counts = result.history[-1]["pseudo_label_counts"] if result.history else {}
+        how = "reused an identical earlier adaptation" if result.reused else \
+            f"{result.history[-1]['steps'] if result.history else 0} steps"
+        print(f"{name}: {how}, last-epoch pseudo-labels {counts} -> {result.checkpoint}")
+    if reports:
+        print(f"zero-shot vs {spec.display_name} on {args.eval_data} ({args.eval_split}):")
+        print(adaptation_table(reports))
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -105,6 +157,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     for method, note in report["notes"].items():
         print(f"note: {method}: {note}")
     print(f"report: {report['report_path']} (confusion matrices beside it)")
+    if args.adapted:
+        from classify.adapt_eval import adaptation_table, compare_adapted
+
+        try:
+            adapted = compare_adapted(args.attribute, args.data, backbone, args.adapted, args.out, split=args.split)
+        except _user_errors() as exc:
+            print(f"city-audit: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"zero-shot vs {adapted['adapted_method']} (heads in {args.adapted}):")
+        print(adaptation_table([adapted]))
     return 0
 
 
@@ -112,6 +174,18 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="vit-b16", help="backbone: vit-b16 (OpenAI weights) | tiny (random, offline tests)")
     parser.add_argument("--weights", help="local checkpoint file for the backbone (default: $CITY_AUDIT_WEIGHTS or download)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
+
+
+def _add_adapt_loop_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int, help="self-training epochs (default 15)")
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (bounded time)")
+    parser.add_argument("--adapt-batch-size", dest="batch_size_adapt", type=int, help="self-training batch (default 64)")
+    parser.add_argument("--lr", type=float, help="default 1e-4")
+    parser.add_argument("--crops", dest="n_crops", type=int, help="random crops per image (default 8)")
+    parser.add_argument("--strong", choices=["auto", "randaugment", "geometric"],
+                        help="student augmentation (default auto: geometric for photometric attributes)")
+    parser.add_argument("--seed", type=int, help="default 0")
+    parser.add_argument("--num-workers", type=int, help="decoding worker processes")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -163,7 +237,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--heads", help="folder of trained head checkpoints (city-audit train); zero-shot for the rest")
     run.add_argument("--feature-cache", help="folder that keeps backbone outputs per image for re-running heads")
     run.add_argument("--gpu-decode", action="store_true", help="decode JPEGs on the device (nvJPEG on CUDA)")
+    run.add_argument("--adapt", choices=["microclip", "fair"], help="adapt to this run's own images first (microCLIP "
+                     "or FAIR-style (reconstructed)) and predict with the adapted heads")
+    run.add_argument("--adapt-attributes", nargs="+", choices=list(ATTRIBUTES), metavar="ATTRIBUTE",
+                     help="attributes to adapt (default: all)")
+    _add_adapt_loop_options(run)
     run.set_defaults(handler=_run)
+
+    adapt = commands.add_parser("adapt", help="unsupervised adaptation to a city's own images: microCLIP or "
+                                "FAIR-style (reconstructed)")
+    adapt.add_argument("--method", required=True, choices=["microclip", "fair"],
+                       help="microclip | fair (FAIR-style (reconstructed): FAIR's code is not public)")
+    adapt.add_argument("--images", required=True, help="a finished run's output folder (images/ + images.parquet) "
+                       "or a folder of images")
+    adapt.add_argument("--attribute", required=True, nargs="+", choices=list(ATTRIBUTES) + ["all"],
+                       metavar="ATTRIBUTE", help=f"one or more of {', '.join(ATTRIBUTES)}, or all")
+    adapt.add_argument("--out", default="outputs/adapted", help="heads folder: <attribute>.safetensors + .json")
+    adapt.add_argument("--eval-data", help="labelled set (GSS folder or path,label CSV): print zero-shot vs adapted")
+    adapt.add_argument("--eval-split", choices=["test", "train"], default="test")
+    adapt.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="method options, e.g. gamma=0.3 fairness=prior "
+                       "(microclip) or weighting=margin top_k=2 (fair); see classify/microclip.py, classify/fair.py")
+    _add_model_options(adapt)
+    _add_adapt_loop_options(adapt)
+    adapt.set_defaults(handler=_adapt)
 
     train = commands.add_parser("train", help="train a CLIP-MHAdapter head for one attribute")
     train.add_argument("--attribute", required=True, choices=list(ATTRIBUTES))
@@ -195,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--train-data", help="training labels for the linear probe (default: --data's train split)")
     evaluate.add_argument("--out", default="outputs/evaluation", help="folder for the JSON report and confusion PNGs")
     evaluate.add_argument("--cache-dir", help="backbone feature cache (shared with train)")
+    evaluate.add_argument("--adapted", help="heads folder from city-audit adapt: also print zero-shot vs adapted")
     _add_model_options(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
