@@ -22,6 +22,7 @@ from classify.stage import UNTRAINED_WARNING, classify_image_store
 from geo.bbox import DEFAULT_MAX_AREA_KM2, BBox, parse_bbox
 from geo.imagery import ImageCollection, collect_images, make_source
 from geo.roads import ROADS_ATTRIBUTION, load_road_segments
+from flows.tiled import collect_tiled
 from warehouse.build import DEFAULT_MAX_DISTANCE_M, AuditCounts, build_audit_database
 from warehouse.export import export_run
 from warehouse.manifest import write_manifest
@@ -37,6 +38,15 @@ def validate_bbox(bbox: str | list[float], max_area_km2: float | None) -> BBox:
 @stage(name="collect images")
 def collect(bbox: BBox, source: str, images: str | None, store: Path, max_images: int | None) -> ImageCollection:
     return collect_images(make_source(source, images), bbox, store, max_images=max_images)
+
+
+def collect_any(bbox: BBox, source: str, images: str | None, store: Path, work: Path, max_images: int | None,
+                options: dict | None) -> ImageCollection:
+    """Tiled sources (mapillary) get one task per tile; the others one collect task."""
+    imagery = make_source(source, images, options=options)
+    if hasattr(imagery, "tiles"):
+        return collect_tiled(imagery, bbox, store, work, max_images)
+    return collect(bbox, source, images, store, max_images)
 
 
 @stage(name="load road segments")
@@ -75,6 +85,7 @@ def city_audit(
     max_area_km2: float | None = DEFAULT_MAX_AREA_KM2,
     batch_size: int = 32,
     device: str | None = None,
+    mapillary: dict | None = None,
 ) -> dict:
     """Audit the streets in ``bbox``.
 
@@ -82,12 +93,14 @@ def city_audit(
     source: "sample" (bundled Stuttgart area) or "folder" (with ``images`` = a folder holding
     images.parquet/images.csv). roads: "sample" or a vector file of road lines. model: "vit-b16"
     (OpenAI weights, downloaded once) or "tiny" (random, untrained; offline tests). weights: a
-    local checkpoint file. out: the output folder. Returns the run summary.
+    local checkpoint file. out: the output folder. mapillary: options of source "mapillary"
+    (fields of ``geo.mapillary.MapillaryOptions``; never the token, which comes from
+    MAPILLARY_ACCESS_TOKEN or the Secret block named by ``token_secret``). Returns the run summary.
     """
     logger = get_run_logger()
     parameters = dict(bbox=bbox, source=source, images=images, roads=roads, model=model, weights=weights, out=out,
                       max_distance_m=max_distance_m, max_images=max_images, max_area_km2=max_area_km2,
-                      batch_size=batch_size, device=device)
+                      batch_size=batch_size, device=device, mapillary=mapillary)
     run_id = str(flow_run.id or uuid.uuid4())
     out_dir = Path(out).expanduser().resolve()
     store, work = out_dir / "images", out_dir / "work"
@@ -102,7 +115,7 @@ def city_audit(
     area = timed("validate_bbox", validate_bbox, bbox, max_area_km2)
     parameters["bbox"] = area.as_list()
     out_dir.mkdir(parents=True, exist_ok=True)
-    collection = timed("collect_images", collect, area, source, images, store, max_images)
+    collection = timed("collect_images", collect_any, area, source, images, store, work, max_images, mapillary)
     segments = timed("load_road_segments", road_segments, area, roads)
     classified = timed("classify_images", classify, collection, store, model, weights, device, batch_size, work)
     if not classified.model["trained"]:

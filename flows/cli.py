@@ -1,6 +1,7 @@
 """``city-audit``: the command line. Every command calls the same functions as the flows.
 
     city-audit run --bbox 9.16,48.76,9.18,48.78 --source sample --model tiny --out outputs/sample
+    city-audit run --bbox 9.16,48.76,9.18,48.78 --source mapillary -m min_spacing_m=5   # needs MAPILLARY_ACCESS_TOKEN
     city-audit serve                 # serve the flow as deployment city-audit/local
     city-audit models                # list the registered backbones
 """
@@ -23,12 +24,26 @@ def _run(args: argparse.Namespace) -> int:
     except BBoxError as exc:
         print(f"city-audit: error: {exc}", file=sys.stderr)
         return 2
+    mapillary = None
+    if args.source == "mapillary":
+        from geo.mapillary import MapillaryError, MapillarySource
+        from geo.mapillary.options import parse_options
+
+        try:  # bad options or no token: say so before Prefect starts
+            mapillary = parse_options(args.mapillary)
+            MapillarySource(mapillary).check_token()
+        except MapillaryError as exc:
+            print(f"city-audit: error: {exc}", file=sys.stderr)
+            return 2
+    elif args.mapillary:
+        print("city-audit: error: --mapillary options need --source mapillary", file=sys.stderr)
+        return 2
     from flows.city_audit import city_audit
 
     summary = city_audit(bbox=args.bbox, source=args.source, images=args.images, roads=args.roads, model=args.model,
                          weights=args.weights, out=args.out, max_distance_m=args.max_distance_m,
                          max_images=args.max_images, max_area_km2=args.max_area_km2, batch_size=args.batch_size,
-                         device=args.device)
+                         device=args.device, mapillary=mapillary)
     print()
     if not summary["model_trained"]:
         print(f"WARNING: model '{args.model}' is UNTRAINED (random weights): the labels are noise, not results.")
@@ -63,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="audit a bounding box (runs the city-audit flow)")
     run.add_argument("--bbox", required=True, help="minlon,minlat,maxlon,maxlat in WGS84, or a JSON list")
-    run.add_argument("--source", default="sample", help="imagery source: sample | folder (default: sample)")
+    run.add_argument("--source", default="sample", help="imagery source: sample | folder | mapillary (default: sample)")
     run.add_argument("--images", help="for --source folder: a folder with images and images.parquet/images.csv")
     run.add_argument("--roads", default="sample", help="'sample' or a GeoParquet/GeoPackage/GeoJSON of road lines")
     run.add_argument("--model", default="vit-b16", help="backbone: vit-b16 (OpenAI weights) | tiny (random, offline tests)")
@@ -74,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-images", type=int, help="stop after this many images")
     run.add_argument("--max-area-km2", type=float, default=DEFAULT_MAX_AREA_KM2,
                      help=f"refuse larger boxes (default: {DEFAULT_MAX_AREA_KM2:g})")
+    run.add_argument("-m", "--mapillary", action="append", metavar="KEY=VALUE",
+                     help="a Mapillary option, repeatable: discovery=tiles|search, captured_after=2023-01-01, "
+                          "panoramas=yes|no|only, min_spacing_m=5, thumb_size=1024, search_rpm=8000, token_secret=NAME, "
+                          "... (docs/mapillary.md); the token comes from MAPILLARY_ACCESS_TOKEN")
     run.add_argument("--batch-size", type=int, default=32)
     run.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
     run.set_defaults(handler=_run)

@@ -14,18 +14,8 @@ import sys
 
 from geo.bbox import BBoxError, parse_bbox
 from geo.mapillary.errors import InvalidTokenError, MissingTokenError, OptionsError
+from geo.mapillary.options import parse_options
 from geo.mapillary.source import MapillarySource
-
-
-def parse_options(pairs: list[str] | None) -> dict[str, str]:
-    """``["key=value", ...]`` as a dict; raises ``OptionsError`` on an item without ``=``."""
-    options = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise OptionsError(f"Mapillary option {pair!r} is not KEY=VALUE (e.g. min_spacing_m=5)")
-        options[key.strip()] = value.strip()
-    return options
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,7 +58,7 @@ def check_image(data: bytes, expected_length: int | None = None) -> tuple[int, i
             image.load()  # a full decode: truncated JPEGs fail here
             return image.size
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
-        raise CorruptImageError(f"not a decodable image ({type(exc).__name__}: {exc})") from None
+        raise CorruptImageError(f"truncated or corrupt image ({type(exc).__name__}: {exc})") from None
 
 
 def _sha256_file(path: Path) -> str:

@@ -131,6 +131,17 @@ def _convert(name: str, value: str, default: object) -> object:
     return value
 
 
+def parse_options(pairs: list[str] | None) -> dict[str, str]:
+    """Command-line ``["key=value", ...]`` as a dict; raises ``OptionsError`` on an item without ``=``."""
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise OptionsError(f"Mapillary option {pair!r} is not KEY=VALUE (e.g. min_spacing_m=5)")
+        options[key.strip()] = value.strip()
+    return options
+
+
 def _number(name: str, value: str, kind: type) -> float | int:
     try:
         return kind(value)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -57,6 +58,10 @@ class MapillarySource:
     def __init__(self, options: MapillaryOptions | Mapping[str, Any] | None = None) -> None:
         self.options = MapillaryOptions.from_mapping(options)
 
+    def with_options(self, **changes: Any) -> MapillarySource:
+        """A copy of this source with some options changed (e.g. ``max_images``)."""
+        return MapillarySource({**self.options.as_dict(), **changes})
+
     def client(self) -> MapillaryClient:
         """A new client with the token resolved now (never stored on the source)."""
         return MapillaryClient(resolve_token(self.options.token_secret), self.options)
@@ -64,6 +69,19 @@ class MapillarySource:
     def check_token(self) -> None:
         """Raise ``MissingTokenError`` now, before any work, when no token is configured."""
         resolve_token(self.options.token_secret)
+
+    def prepare_store(self, store: str | Path) -> Path:
+        """Make ``store``, delete temporary files of an interrupted run, write ``ATTRIBUTION.txt``; returns the store."""
+        store = Path(store)
+        store.mkdir(parents=True, exist_ok=True)
+        removed = remove_partials(store)
+        if removed:
+            log.info("removed %d unfinished downloads of an interrupted run", removed)
+        partial = store / f".ATTRIBUTION.txt.{os.getpid()}.partial"
+        partial.write_text(f"{ATTRIBUTION}\nLicence: https://creativecommons.org/licenses/by-sa/4.0/\n"
+                           "Each image is by its Mapillary contributor; image ids are the file names.\n")
+        os.replace(partial, store / "ATTRIBUTION.txt")
+        return store
 
     # 1. discovery ------------------------------------------------------------------------------
     def tiles(self, bbox: BBox) -> list[str]:
@@ -141,7 +159,7 @@ class MapillarySource:
         store = Path(store)
         manifest = Manifest(manifest or store.parent / "work" / MANIFEST_NAME)
         self.check_token()
-        remove_partials(store)
+        self.prepare_store(store)
         frames, failures = [], []
         for tile in self.tiles(bbox):
             try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import socket
 import threading
 import time
 from collections import Counter, defaultdict
@@ -80,7 +81,8 @@ class FakeMapillary:
         self._faults: dict[str, list[Fault]] = defaultdict(list)
         self._lock = threading.Lock()
         self._tile_cache: dict[tuple, bytes] = {}
-        self.requests: Counter = Counter()  # endpoint -> requests answered (any status)
+        self.requests: Counter = Counter()  # endpoint -> requests received (any status)
+        self.in_flight = 0  # requests being answered now
         self.thumbs_served: Counter = Counter()  # image_id -> complete thumbnails served
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
@@ -109,6 +111,12 @@ class FakeMapillary:
         """Answer the next ``count`` requests to ``endpoint`` (or ``"*"``) with fault ``kind``."""
         with self._lock:
             self._faults[endpoint].append(Fault(kind, count, **params))
+
+    def wait_idle(self, timeout_s: float = 10.0) -> None:
+        """Return once no request is being answered (e.g. after killing a client mid-download)."""
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -239,6 +247,10 @@ def _handler(fake: FakeMapillary):
         def log_message(self, *args) -> None:  # quiet
             pass
 
+        def setup(self) -> None:
+            super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms Nagle stalls
+
         def _send(self, status: int, body: bytes, content_type: str = "application/json",
                   headers: dict[str, str] | None = None, declared_length: int | None = None) -> None:
             self.send_response(status)
@@ -271,14 +283,18 @@ def _handler(fake: FakeMapillary):
                 return
             with fake._lock:
                 fake.requests[endpoint] += 1
-            if fake.latency_s:
-                time.sleep(fake.latency_s)
+                fake.in_flight += 1
             try:
+                if fake.latency_s:
+                    time.sleep(fake.latency_s)
                 if self._fault(endpoint) or not self._check_token(query, endpoint):
                     return
                 self._answer(endpoint, segments, query)
-            except (BrokenPipeError, ConnectionResetError):
+            except (BrokenPipeError, ConnectionResetError, OSError):
                 self.close_connection = True
+            finally:
+                with fake._lock:
+                    fake.in_flight -= 1
 
         def _check_token(self, query: dict[str, str], endpoint: str) -> bool:
             if self._authorised(query, endpoint):
