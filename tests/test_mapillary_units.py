@@ -75,6 +75,7 @@ def test_redact_scrubs_query_header_and_known_tokens():
     text = "GET https://tiles/x?access_token=MLY|9|abc&b=1 Authorization: OAuth MLY|9|def; saw MLY|9|remembered"
     cleaned = redact(text)
     assert "MLY|9" not in cleaned and cleaned.count("***") == 3
+    assert redact("url-encoded: MLY%7C9%7Cremembered") == "url-encoded: ***"
 
 
 def test_log_filter_redacts_records():

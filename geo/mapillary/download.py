@@ -122,36 +122,34 @@ async def fetch_thumbnail(client: MapillaryClient, image_id: str, options: Mapil
 
 
 def _contract_row(image_id: str, record: dict[str, Any], path: str, sha256: str, width: int, height: int,
-                  fetched_at: str | datetime) -> dict[str, Any]:
-    return {"image_id": image_id, "source": "mapillary", "sequence_id": record.get("sequence_id"),
-            "captured_at": record.get("captured_at"), "compass_angle": record.get("compass_angle"),
-            "is_pano": record.get("is_pano"), "camera_type": record.get("camera_type"), "lon": record.get("lon"),
-            "lat": record.get("lat"), "width": width, "height": height, "path": path, "sha256": sha256,
-            "fetched_at": fetched_at}
+                  fetched_at: str | datetime) -> tuple:
+    """One row in ``warehouse.schema.IMAGES`` column order (a tuple: a third of a dict's memory)."""
+    return (image_id, "mapillary", record.get("sequence_id"), record.get("captured_at"), record.get("compass_angle"),
+            record.get("is_pano"), record.get("camera_type"), record.get("lon"), record.get("lat"), width, height,
+            path, sha256, fetched_at)
 
 
 async def download_images(client: MapillaryClient, candidates: Iterable[dict[str, Any]], store: Path,
-                          manifest: Manifest, options: MapillaryOptions, *, progress: bool = False,
-                          label: str = "mapillary") -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
-    """Make every candidate record present in ``store``; returns (``images`` contract rows, failures).
+                          manifest: Manifest, options: MapillaryOptions, *, total: int | None = None,
+                          progress: bool = False, label: str = "mapillary") -> tuple[list[tuple], list[tuple[str, str, str]]]:
+    """Make every candidate record present in ``store``; returns (rows in ``IMAGES`` column order, failures).
 
     Already fetched and still intact files are kept; a file renamed into place by a run that
     was killed before recording it is verified and adopted. ``options.concurrency`` workers pull
-    from the candidates, so memory does not grow with their number beyond the returned rows.
+    from the candidates (an iterable, consumed lazily), so memory holds no image bytes beyond
+    those in flight and grows only by one small row per image.
     """
     store.mkdir(parents=True, exist_ok=True)
-    candidates = list(candidates)
-    done = manifest.fetched(c["image_id"] for c in candidates)
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple] = []
     failures: list[tuple[str, str, str]] = []
     queue = iter(candidates)
-    bar = tqdm(total=len(candidates), desc=f"downloading {label}", unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=total, desc=f"downloading {label}", unit="img", disable=not progress, leave=False)
 
     async def one(candidate: dict[str, Any]) -> None:
         image_id = candidate["image_id"]
         name = store_name(image_id)
         final = store / name
-        entry = done.get(image_id)
+        entry = manifest.fetched_one(image_id)
         existing = await asyncio.to_thread(_verified_existing, final, entry["sha256"] if entry else None)
         if existing is not None:
             sha, width, height = existing
@@ -185,7 +183,7 @@ async def download_images(client: MapillaryClient, candidates: Iterable[dict[str
                 bar.update(1)
 
     try:
-        await asyncio.gather(*(worker() for _ in range(min(options.concurrency, max(1, len(candidates))))))
+        await asyncio.gather(*(worker() for _ in range(options.concurrency)))
     finally:
         bar.close()
     return rows, failures

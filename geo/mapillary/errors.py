@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from urllib.parse import quote, quote_plus
 
 TOKEN_HELP = ("get a client token at https://www.mapillary.com/dashboard/developers and set MAPILLARY_ACCESS_TOKEN "
               "(or store it in a Prefect Secret block and pass its name as token_secret)")
@@ -24,7 +25,7 @@ def remember_token(token: str) -> None:
     """Register a token value so that ``redact`` and ``RedactingFilter`` scrub it everywhere."""
     if token:
         with _KNOWN_LOCK:
-            _KNOWN_TOKENS.add(token)
+            _KNOWN_TOKENS.update({token, quote(token, safe=""), quote_plus(token)})  # as sent in URLs, too
 
 
 def redact(text: object) -> str:

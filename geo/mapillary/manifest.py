@@ -110,6 +110,14 @@ class Manifest:
                        "record": json.loads(r[6])}
                 for r in rows if wanted is None or r[0] in wanted}
 
+    def fetched_one(self, image_id: str) -> dict[str, Any] | None:
+        """The fetched entry of one image, or None."""
+        with _using(self._connect()) as db:
+            r = db.execute("SELECT image_id, path, sha256, width, height, fetched_at, record FROM fetched "
+                           "WHERE image_id=?", (image_id,)).fetchone()
+        return None if r is None else {"path": r[1], "sha256": r[2], "width": r[3], "height": r[4],
+                                       "fetched_at": r[5], "record": json.loads(r[6])}
+
     def iter_fetched_ids(self) -> Iterator[str]:
         with _using(self._connect()) as db:
             yield from (r[0] for r in db.execute("SELECT image_id FROM fetched ORDER BY image_id"))

@@ -139,12 +139,14 @@ class MapillarySource:
                       progress: bool = True, label: str = "mapillary") -> ImageCollection:
         """Download the ``selected`` rows (usually one tile's) into ``store``; returns images and failures."""
         manifest = manifest if isinstance(manifest, Manifest) else Manifest(manifest)
-        records = [{k: (None if _missing(v) else v) for k, v in row.items()} for row in selected.to_dict("records")]
+        columns = list(selected.columns)
+        records = ({k: (None if _missing(v) else v) for k, v in zip(columns, row)}
+                   for row in selected.itertuples(index=False, name=None))  # lazily, one at a time
 
         async def run():
             async with self.client() as client:
                 return await download_images(client, records, Path(store), manifest, self.options,
-                                             progress=progress, label=label)
+                                             total=len(selected), progress=progress, label=label)
 
         rows, failures = run_sync(run())
         return collection(rows, failures)
@@ -200,9 +202,9 @@ def _missing(value: Any) -> bool:
         return False
 
 
-def collection(rows: list[dict[str, Any]], failures: list[tuple[str, str, str]]) -> ImageCollection:
-    """An ``ImageCollection`` (images contract, failures table) from download rows and failure tuples."""
-    frame = pd.DataFrame(rows, columns=list(IMAGES.names))
+def collection(rows: list[tuple], failures: list[tuple[str, str, str]]) -> ImageCollection:
+    """An ``ImageCollection`` (images contract, failures table) from download rows (``IMAGES`` order) and failures."""
+    frame = pd.DataFrame.from_records(rows, columns=list(IMAGES.names))
     images = conform(frame, IMAGES, what="mapillary images").to_pandas()
     return ImageCollection(images.sort_values("image_id", ignore_index=True),
                            pd.DataFrame(failures, columns=FAILURE_COLUMNS))
