@@ -108,8 +108,10 @@ def _graph_error(response: httpx.Response) -> dict[str, Any]:
 class MapillaryClient:
     """One async HTTP session against the Mapillary endpoints; use as ``async with MapillaryClient(...)``."""
 
-    def __init__(self, token: AccessToken, options: MapillaryOptions | None = None) -> None:
+    def __init__(self, token: AccessToken, options: MapillaryOptions | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.options = options or MapillaryOptions()
+        self._transport = transport  # None: the network; benchmarks pass an in-process one
         self._token = token
         self.graph_root, self.tiles_root = graph_url(), tiles_url()
         rates = {"search": self.options.search_rpm, "entity": self.options.entity_rpm,
@@ -125,7 +127,8 @@ class MapillaryClient:
     async def __aenter__(self) -> MapillaryClient:
         limits = httpx.Limits(max_connections=self.options.concurrency, max_keepalive_connections=self.options.concurrency)
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(self.options.timeout_s), limits=limits,
-                                       follow_redirects=True, headers={"User-Agent": "city-audit"})
+                                       follow_redirects=True, headers={"User-Agent": "city-audit"},
+                                       transport=self._transport)
         self._slots = asyncio.Semaphore(self.options.concurrency)
         return self
 

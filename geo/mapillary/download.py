@@ -15,7 +15,6 @@ import hashlib
 import io
 import os
 import re
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -121,31 +120,25 @@ async def fetch_thumbnail(client: MapillaryClient, image_id: str, options: Mapil
                             f"({'; '.join(problems)})")
 
 
-def _contract_row(image_id: str, record: dict[str, Any], path: str, sha256: str, width: int, height: int,
-                  fetched_at: str | datetime) -> tuple:
-    """One row in ``warehouse.schema.IMAGES`` column order (a tuple: a third of a dict's memory)."""
-    return (image_id, "mapillary", record.get("sequence_id"), record.get("captured_at"), record.get("compass_angle"),
-            record.get("is_pano"), record.get("camera_type"), record.get("lon"), record.get("lat"), width, height,
-            path, sha256, fetched_at)
-
-
 async def download_images(client: MapillaryClient, candidates: Iterable[dict[str, Any]], store: Path,
                           manifest: Manifest, options: MapillaryOptions, *, total: int | None = None,
-                          progress: bool = False, label: str = "mapillary") -> tuple[list[tuple], list[tuple[str, str, str]]]:
-    """Make every candidate record present in ``store``; returns (rows in ``IMAGES`` column order, failures).
+                          progress: bool = False, label: str = "mapillary") -> tuple[int, list[tuple[str, str, str]]]:
+    """Make every candidate record present in ``store`` and in ``manifest``; returns (images present, failures).
 
     Already fetched and still intact files are kept; a file renamed into place by a run that
     was killed before recording it is verified and adopted. ``options.concurrency`` workers pull
-    from the candidates (an iterable, consumed lazily), so memory holds no image bytes beyond
-    those in flight and grows only by one small row per image.
+    from the candidates (an iterable, consumed lazily), and what was fetched goes to the
+    manifest on disk, not to a list: memory does not grow with the number of images. Read the
+    table of images with ``Manifest.images_frame``.
     """
     store.mkdir(parents=True, exist_ok=True)
-    rows: list[tuple] = []
+    present = 0
     failures: list[tuple[str, str, str]] = []
     queue = iter(candidates)
     bar = tqdm(total=total, desc=f"downloading {label}", unit="img", disable=not progress, leave=False)
 
     async def one(candidate: dict[str, Any]) -> None:
+        nonlocal present
         image_id = candidate["image_id"]
         name = store_name(image_id)
         final = store / name
@@ -156,8 +149,7 @@ async def download_images(client: MapillaryClient, candidates: Iterable[dict[str
             record = merge(candidate, entry["record"]) if entry else candidate
             if entry is None:  # renamed by a run killed before it could record the file
                 manifest.record_fetched(image_id, name, sha, width, height, record)
-            rows.append(_contract_row(image_id, record, name, sha, width, height,
-                                      entry["fetched_at"] if entry else datetime.now(timezone.utc)))
+            present += 1
             return
         if entry is not None:
             manifest.forget_fetched(image_id)
@@ -173,7 +165,7 @@ async def download_images(client: MapillaryClient, candidates: Iterable[dict[str
         record = merge(candidate, entity)
         sha = await asyncio.to_thread(write_atomically, data, final)
         manifest.record_fetched(image_id, name, sha, width, height, record)
-        rows.append(_contract_row(image_id, record, name, sha, width, height, datetime.now(timezone.utc)))
+        present += 1
 
     async def worker() -> None:
         for candidate in queue:
@@ -185,5 +177,6 @@ async def download_images(client: MapillaryClient, candidates: Iterable[dict[str
     try:
         await asyncio.gather(*(worker() for _ in range(options.concurrency)))
     finally:
+        manifest.flush()
         bar.close()
-    return rows, failures
+    return present, failures

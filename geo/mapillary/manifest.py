@@ -16,7 +16,9 @@ import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
+
+import pandas as pd
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tiles (tile TEXT, query_key TEXT, n_images INTEGER, discovered_at TEXT,
@@ -26,6 +28,16 @@ CREATE TABLE IF NOT EXISTS discovered (tile TEXT, query_key TEXT, image_id TEXT,
 CREATE TABLE IF NOT EXISTS fetched (image_id TEXT PRIMARY KEY, path TEXT, sha256 TEXT, width INTEGER,
                                     height INTEGER, fetched_at TEXT, record TEXT);
 CREATE TABLE IF NOT EXISTS failed (image_id TEXT PRIMARY KEY, stage TEXT, reason TEXT, failed_at TEXT);
+"""
+
+
+_IMAGES_SQL = """
+SELECT f.image_id, 'mapillary' AS source,
+       json_extract(record, '$.sequence_id') AS sequence_id, json_extract(record, '$.captured_at') AS captured_at,
+       json_extract(record, '$.compass_angle') AS compass_angle, json_extract(record, '$.is_pano') AS is_pano,
+       json_extract(record, '$.camera_type') AS camera_type, json_extract(record, '$.lon') AS lon,
+       json_extract(record, '$.lat') AS lat, width, height, path, sha256, fetched_at
+FROM fetched AS f JOIN wanted USING (image_id) ORDER BY f.image_id
 """
 
 
@@ -51,6 +63,8 @@ def _json(record: dict[str, Any]) -> str:
 class Manifest:
     """The manifest file at ``path`` (created with its folder when missing)."""
 
+    BATCH = 64  # fetched entries per commit
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +82,8 @@ class Manifest:
         return db
 
     def close(self) -> None:
-        """Close this thread's connection."""
+        """Commit pending entries and close this thread's connection."""
+        self.flush()
         db = getattr(self._local, "db", None)
         if db is not None:
             db.close()
@@ -103,6 +118,7 @@ class Manifest:
     # downloads ---------------------------------------------------------------------------------
     def fetched(self, image_ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
         """Fetched entries by image id (``path``, ``sha256``, ``width``, ``height``, ``fetched_at``, ``record``)."""
+        self.flush()
         with _using(self._connect()) as db:
             rows = db.execute("SELECT image_id, path, sha256, width, height, fetched_at, record FROM fetched").fetchall()
         wanted = None if image_ids is None else set(image_ids)
@@ -110,34 +126,71 @@ class Manifest:
                        "record": json.loads(r[6])}
                 for r in rows if wanted is None or r[0] in wanted}
 
+    def images_frame(self, image_ids: Iterable[str]) -> pd.DataFrame:
+        """The fetched images among ``image_ids`` as a DataFrame with the ``images`` contract columns, by id.
+
+        Built by SQLite from the stored records, so no Python object per image is kept meanwhile.
+        """
+        self.flush()
+        db = self._connect()
+        with _using(db):
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (image_id TEXT PRIMARY KEY)")
+            db.execute("DELETE FROM wanted")
+            db.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", ((str(i),) for i in image_ids))
+            frame = pd.read_sql_query(_IMAGES_SQL, db)
+            db.execute("DELETE FROM wanted")
+        frame["is_pano"] = frame["is_pano"].astype("boolean")
+        return frame
+
     def fetched_one(self, image_id: str) -> dict[str, Any] | None:
-        """The fetched entry of one image, or None."""
+        """The fetched entry of one image (committed or pending in this thread), or None."""
+        for p in self._pending():
+            if p[0] == image_id:
+                return {"path": p[1], "sha256": p[2], "width": p[3], "height": p[4], "fetched_at": p[5],
+                        "record": json.loads(p[6])}
         with _using(self._connect()) as db:
             r = db.execute("SELECT image_id, path, sha256, width, height, fetched_at, record FROM fetched "
                            "WHERE image_id=?", (image_id,)).fetchone()
         return None if r is None else {"path": r[1], "sha256": r[2], "width": r[3], "height": r[4],
                                        "fetched_at": r[5], "record": json.loads(r[6])}
 
-    def iter_fetched_ids(self) -> Iterator[str]:
-        with _using(self._connect()) as db:
-            yield from (r[0] for r in db.execute("SELECT image_id FROM fetched ORDER BY image_id"))
-
     def record_fetched(self, image_id: str, path: str, sha256: str, width: int, height: int,
                        record: dict[str, Any]) -> None:
-        """Commit one fetched image (and clear an earlier failure of it)."""
+        """Record one fetched image (and clear an earlier failure of it); committed in batches of ``BATCH``.
+
+        Batching is safe against ``kill -9``: a file renamed into place whose entry was not yet
+        committed is verified and adopted by the next run. Call ``flush`` when a batch of work ends.
+        """
+        pending = self._pending()
+        pending.append((image_id, path, sha256, width, height, _now(), _json(record)))
+        if len(pending) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit this thread's pending fetched entries."""
+        pending = self._pending()
+        if not pending:
+            return
         with _using(self._connect()) as db:
             db.execute("BEGIN IMMEDIATE")
-            db.execute("INSERT OR REPLACE INTO fetched VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (image_id, path, sha256, width, height, _now(), _json(record)))
-            db.execute("DELETE FROM failed WHERE image_id=?", (image_id,))
+            db.executemany("INSERT OR REPLACE INTO fetched VALUES (?, ?, ?, ?, ?, ?, ?)", pending)
+            db.executemany("DELETE FROM failed WHERE image_id=?", [(p[0],) for p in pending])
             db.execute("COMMIT")
+        pending.clear()
+
+    def _pending(self) -> list[tuple]:
+        if getattr(self._local, "pending", None) is None:
+            self._local.pending = []
+        return self._local.pending
 
     def forget_fetched(self, image_id: str) -> None:
         """Drop a fetched entry whose file went missing or changed."""
+        self.flush()
         self._write("DELETE FROM fetched WHERE image_id=?", [(image_id,)])
 
     def record_failed(self, image_id: str, stage: str, reason: str) -> None:
         """Commit one failure (the latest reason wins); failed images are tried again on the next run."""
+        self.flush()
         self._write("INSERT OR REPLACE INTO failed VALUES (?, ?, ?, ?)", [(image_id, stage, reason, _now())])
 
     def failed(self) -> dict[str, tuple[str, str]]:
@@ -147,6 +200,7 @@ class Manifest:
 
     def counts(self) -> dict[str, int]:
         """Numbers of discovered tiles, discovered images, fetched and failed images."""
+        self.flush()
         with _using(self._connect()) as db:
             return {name: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608 - fixed names
                     for name, table in (("tiles", "tiles"), ("discovered", "discovered"), ("fetched", "fetched"),

@@ -148,8 +148,8 @@ class MapillarySource:
                 return await download_images(client, records, Path(store), manifest, self.options,
                                              total=len(selected), progress=progress, label=label)
 
-        rows, failures = run_sync(run())
-        return collection(rows, failures)
+        _, failures = run_sync(run())
+        return collection(manifest.images_frame(selected["image_id"]), failures)
 
     # everything --------------------------------------------------------------------------------
     def ingest(self, bbox: BBox, store: str | Path, manifest: str | Path | None = None,
@@ -202,9 +202,8 @@ def _missing(value: Any) -> bool:
         return False
 
 
-def collection(rows: list[tuple], failures: list[tuple[str, str, str]]) -> ImageCollection:
-    """An ``ImageCollection`` (images contract, failures table) from download rows (``IMAGES`` order) and failures."""
-    frame = pd.DataFrame.from_records(rows, columns=list(IMAGES.names))
+def collection(frame: pd.DataFrame, failures: list[tuple[str, str, str]]) -> ImageCollection:
+    """An ``ImageCollection`` (images contract, failures table) from a frame of fetched images and failure tuples."""
     images = conform(frame, IMAGES, what="mapillary images").to_pandas()
     return ImageCollection(images.sort_values("image_id", ignore_index=True),
                            pd.DataFrame(failures, columns=FAILURE_COLUMNS))
@@ -215,6 +214,6 @@ def merge_collections(parts: list[ImageCollection]) -> ImageCollection:
     images = [p.images for p in parts if len(p.images)]
     failures = [p.failures for p in parts if len(p.failures)]
     merged = (pd.concat(images, ignore_index=True).drop_duplicates("image_id").sort_values("image_id", ignore_index=True)
-              if images else collection([], []).images)
+              if images else collection(pd.DataFrame(), []).images)
     return ImageCollection(merged, pd.concat(failures, ignore_index=True) if failures
                            else pd.DataFrame(columns=FAILURE_COLUMNS))

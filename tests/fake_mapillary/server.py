@@ -55,13 +55,16 @@ class Fault:
     delay_s: float = 0.0
 
 
-@lru_cache(maxsize=8192)
 def jpeg_for(image_id: str, size: str) -> bytes:
-    """A small deterministic JPEG for an image id and thumbnail size (64x48 for 1024)."""
+    """A small JPEG for an image id and thumbnail size (64x48 for 1024); one of 64 colours, so it is cheap."""
+    return _jpeg(hashlib.sha256(image_id.encode()).digest()[0] % 64, str(size))
+
+
+@lru_cache(maxsize=None)
+def _jpeg(colour_index: int, size: str) -> bytes:
     width = 64 if size == "original" else max(8, int(size) // 16)
-    colour = tuple(hashlib.sha256(image_id.encode()).digest()[:3])
+    colour = ((colour_index * 37) % 256, (colour_index * 91) % 256, (colour_index * 53) % 256)
     image = Image.new("RGB", (width, width * 3 // 4), colour)
-    image.putpixel((0, 0), (255 - colour[0], 0, 0))
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=85)
     return buffer.getvalue()
