@@ -127,3 +127,23 @@ def test_cli_refuses_bad_mapillary_options(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MAPILLARY_ACCESS_TOKEN", TOKEN)
     code = cli.main(["run", "--bbox", "13.37,52.52,13.38,52.53", "--source", "mapillary", "-m", "panoramas=maybe"])
     assert code == 2 and "panoramas" in capsys.readouterr().err
+
+
+def test_token_from_a_prefect_secret_block(tmp_path, city, prefect_harness, monkeypatch):
+    from prefect.blocks.system import Secret
+
+    from geo.mapillary import MapillarySource, MissingTokenError
+    from geo.mapillary.options import resolve_token
+    from tests.fake_mapillary import FakeMapillary
+
+    block_token = "MLY|5|token-kept-in-a-secret-block"  # not TOKEN: the scan above must not find this one
+    Secret(value=block_token).save("mapillary-test-token", overwrite=True)
+    monkeypatch.delenv("MAPILLARY_ACCESS_TOKEN", raising=False)
+    with FakeMapillary(city.images, token=block_token) as server:
+        monkeypatch.setenv("MAPILLARY_GRAPH_URL", server.url)
+        monkeypatch.setenv("MAPILLARY_TILES_URL", server.url)
+        source = MapillarySource({**FAST, "token_secret": "mapillary-test-token"})
+        result = source.ingest(city_bbox(city), tmp_path / "images", tmp_path / "m.sqlite", progress=False)
+    assert len(result.images) == len(city.images) and result.failures.empty
+    with pytest.raises(MissingTokenError, match="no-such-block"):
+        resolve_token("no-such-block")

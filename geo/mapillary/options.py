@@ -202,7 +202,7 @@ def resolve_token(token_secret: str | None = None) -> AccessToken:
         try:
             from prefect.blocks.system import Secret
 
-            value = Secret.load(token_secret).get()
+            value = Secret.load(token_secret, _sync=True).get()  # sync even when called inside an event loop
         except Exception as exc:  # noqa: BLE001 - any failure to load the block means: no token
             raise MissingTokenError(f"could not load the Prefect Secret block {token_secret!r} "
                                     f"({type(exc).__name__}); create it or {TOKEN_HELP}") from None
