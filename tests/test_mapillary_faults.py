@@ -161,3 +161,15 @@ def test_unknown_image_is_a_clear_api_error(mly_env):
     with pytest.raises(MapillaryAPIError, match="HTTP 404") as info:
         run_sync(one())
     assert TOKEN not in str(info.value)
+
+
+def test_generic_collect_images_works_with_the_mapillary_source(tmp_path, city, mly_env):
+    from geo.imagery import collect_images, make_source
+
+    source = make_source("mapillary", options={**FAST, "panoramas": "no"})
+    result = collect_images(source, city_bbox(city), tmp_path / "images", progress=False)
+    expected = {i["id"] for i in city.images if not i["is_pano"]}
+    assert set(result.images["image_id"]) == expected and result.failures.empty
+    assert set(result.images["source"]) == {"mapillary"}
+    for row in result.images.itertuples():
+        assert (tmp_path / "images" / row.path).read_bytes() == jpeg_for(row.image_id, "1024")

@@ -72,11 +72,16 @@ async def search_area(client: MapillaryClient, area: BBox, options: MapillaryOpt
         result.requests += 1
         data = body.get("data")
         data = data if isinstance(data, list) else []
+        unplaced = 0
         for item in data:
             if isinstance(item, dict):
                 record = graph_record(item)
                 if record["image_id"] is not None and record["lon"] is not None:
                     result.records.setdefault(record["image_id"], record)
+                else:
+                    unplaced += 1
+        if unplaced:
+            log.info("search box %s: skipped %d results without an id or a position", box, unplaced)
         if len(data) >= options.search_limit:
             side_deg = max(box.max_lon - box.min_lon, box.max_lat - box.min_lat)
             if side_deg / 2 >= options.min_search_tile_deg:

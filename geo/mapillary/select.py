@@ -7,6 +7,8 @@ which only saves bandwidth.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -69,13 +71,19 @@ def thin_sequences(frame: pd.DataFrame, min_spacing_m: float) -> pd.DataFrame:
     keep = np.ones(len(ordered), dtype=bool)
     sequence = ordered["sequence_id"].to_numpy(dtype=object)
     lon, lat = ordered["lon"].to_numpy(dtype=float), ordered["lat"].to_numpy(dtype=float)
+    # one haversine per image from its predecessor would be wrong (the last *kept* one counts), so this loops;
+    # scalar math keeps it at about a microsecond per image
+    rad_lon, rad_lat = np.radians(lon), np.radians(lat)
+    cos_lat = np.cos(rad_lat)
     last = None
     for i in range(len(ordered)):
         if sequence[i] is None or pd.isna(sequence[i]):
             last = None
             continue
         if last is not None and sequence[last] == sequence[i]:
-            if distance_m(lon[last], lat[last], lon[i], lat[i]) < min_spacing_m:
+            a = (math.sin((rad_lat[i] - rad_lat[last]) / 2) ** 2
+                 + cos_lat[i] * cos_lat[last] * math.sin((rad_lon[i] - rad_lon[last]) / 2) ** 2)
+            if 2 * EARTH_RADIUS_M * math.asin(math.sqrt(min(1.0, a))) < min_spacing_m:
                 keep[i] = False
                 continue
         last = i
