@@ -219,3 +219,17 @@ def test_max_images_keeps_the_most_recent_and_ids_are_unique():
     frame = pd.concat([_frame(), _frame().head(3)], ignore_index=True)
     chosen = select_images(frame, MapillaryOptions(max_images=5))
     assert len(chosen) == 5 and chosen["image_id"].is_unique and set(chosen["sequence_id"]) == {"b"}
+
+
+def test_manifest_round_trip_keeps_records_with_mixed_timestamp_precision(tmp_path):
+    from geo.mapillary.manifest import Manifest
+    from geo.mapillary.select import records_frame
+
+    records = [graph_record({"id": str(i), "captured_at": 1563721048000 + i * 500, "sequence": "s",
+                             "geometry": {"type": "Point", "coordinates": [9.0, 48.0]}}) for i in range(4)]
+    manifest = Manifest(tmp_path / "m.sqlite")
+    assert manifest.tile_records("14/1/1", "k") is None
+    manifest.record_tile("14/1/1", "k", records)
+    frame = records_frame(manifest.tile_records("14/1/1", "k"))
+    assert list(frame["captured_at"]) == [r["captured_at"] for r in records]
+    assert manifest.counts() == {"tiles": 1, "discovered": 4, "fetched": 0, "failed": 0}

@@ -25,7 +25,7 @@ def records_frame(records) -> pd.DataFrame:
     for column in RECORD_COLUMNS:
         if column not in frame:
             frame[column] = None
-    frame["captured_at"] = pd.to_datetime(frame["captured_at"], utc=True)
+    frame["captured_at"] = pd.to_datetime(frame["captured_at"], utc=True, format="ISO8601")  # whole and fractional seconds mix
     return frame
 
 

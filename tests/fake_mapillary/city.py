@@ -72,7 +72,7 @@ def synthetic_city(n_streets: int = 3, half_size_m: float = 300.0, spacing_m: fl
                 "id": str(id_base + counter),
                 "geometry": {"type": "Point", "coordinates": [lon, lat]},
                 "computed_geometry": {"type": "Point", "coordinates": [lon + 1e-7, lat + 1e-7]},
-                "captured_at": BASE_CAPTURED_AT_MS + s * 30 * DAY_MS + i * 2000,
+                "captured_at": BASE_CAPTURED_AT_MS + s * 30 * DAY_MS + i * 2500,  # whole and fractional seconds
                 "compass_angle": heading, "computed_compass_angle": heading + 0.5,
                 "sequence": f"synthseq{s:03d}", "is_pano": pano,
                 "camera_type": "spherical" if pano else "perspective",
