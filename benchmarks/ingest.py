@@ -9,8 +9,10 @@
    minute divided by the configured rate (goal >= 0.9).
 2. Memory. For each of ``--memory-sizes`` (10,000 and 100,000 images) a fresh process selects
    and downloads that many images through an in-process transport that answers like the fake
-   server (so the network does not dominate), and reports its peak RSS. Printed: the memory the
-   pipeline added for each size and its growth per extra image (goal: flat, no image bytes kept).
+   server (so the network does not dominate), and reports its peak RSS above the RSS before the
+   download (which holds the in-process fake and the candidate table). Printed: that peak while
+   downloading for each size and their ratio (goal: flat, close to 1), then the peak including
+   the final images table, which necessarily has one row per image.
 """
 
 from __future__ import annotations
@@ -87,6 +89,11 @@ class PeakSampler:
         while not self._stop.wait(self._interval_s):
             self.peak_mb = max(self.peak_mb, _rss_mb())
 
+    def restart(self) -> float:
+        """Return the peak so far and start a new one from the current RSS."""
+        peak, self.peak_mb = max(self.peak_mb, _rss_mb()), _rss_mb()
+        return peak
+
     def __enter__(self) -> "PeakSampler":
         self._thread.start()
         return self
@@ -135,16 +142,29 @@ def memory_child(count: int) -> None:
     source = InProcess({"entity_rpm": 1e9, "thumbs_rpm": 1e9, "concurrency": 16})
     import gc
 
+    from geo.mapillary.download import download_images
+    from geo.mapillary.manifest import Manifest
+    from geo.mapillary.source import collection, run_sync
+
     gc.collect()
     before_mb = _rss_mb()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder, PeakSampler() as sampler:
         selected = source.select(candidates)
-        result = source.download_tile(selected, Path(folder) / "images", Path(folder) / "manifest.sqlite",
-                                      progress=False)
-    print(json.dumps({"images": len(result.images), "failures": len(result.failures),
-                      "peak_rss_mb": round(sampler.peak_mb, 1), "setup_rss_mb": round(before_mb, 1),
-                      "pipeline_mb": round(sampler.peak_mb - before_mb, 1),
+        manifest = Manifest(Path(folder) / "manifest.sqlite")
+        rows = ({k: v for k, v in zip(selected.columns, row)} for row in selected.itertuples(index=False, name=None))
+
+        async def run():
+            async with source.client() as client:
+                return await download_images(client, rows, Path(folder) / "images", manifest, source.options)
+
+        present, failures = run_sync(run())
+        download_peak_mb = sampler.restart()
+        result = collection(manifest.images_table(selected["image_id"]), failures)
+    print(json.dumps({"images": len(result.images), "present": present, "failures": len(result.failures),
+                      "setup_rss_mb": round(before_mb, 1),
+                      "download_mb": round(download_peak_mb - before_mb, 1),
+                      "with_table_mb": round(max(download_peak_mb, sampler.peak_mb) - before_mb, 1),
                       "elapsed_s": round(time.perf_counter() - start, 1)}))
 
 
@@ -183,11 +203,13 @@ def main() -> None:
         print("peak memory of select + download (fresh process per size):", flush=True)
         results = memory(sizes)
         small, large = results[min(sizes)], results[max(sizes)]
-        growth_kb = (large["pipeline_mb"] - small["pipeline_mb"]) * 1024 / (max(sizes) - min(sizes))
-        print(f"memory: the pipeline (peak RSS minus the RSS before downloading, which holds the in-process fake "
-              f"and the candidates) took {small['pipeline_mb']} MB for {min(sizes):,} images and "
-              f"{large['pipeline_mb']} MB for {max(sizes):,}; ratio {large['pipeline_mb'] / max(small['pipeline_mb'], 0.1):.2f}, "
-              f"growth {growth_kb:.2f} KB per extra image (the result table row and bookkeeping; no image bytes)")
+        n_small, n_large = min(sizes), max(sizes)
+        print(f"memory while downloading (peak RSS above the RSS before it): {small['download_mb']} MB for "
+              f"{n_small:,} images, {large['download_mb']} MB for {n_large:,}: ratio "
+              f"{large['download_mb'] / max(small['download_mb'], 0.1):.2f} (goal: flat, close to 1)")
+        growth_kb = (large["with_table_mb"] - small["with_table_mb"]) * 1024 / (n_large - n_small)
+        print(f"memory including the final images table: {small['with_table_mb']} MB and {large['with_table_mb']} MB; "
+              f"{growth_kb:.2f} KB per extra image (the output table itself, one row per image)")
 
 
 if __name__ == "__main__":

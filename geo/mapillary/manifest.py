@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+import pyarrow as pa
+
+from warehouse.schema import IMAGES, conform
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tiles (tile TEXT, query_key TEXT, n_images INTEGER, discovered_at TEXT,
@@ -126,21 +129,27 @@ class Manifest:
                        "record": json.loads(r[6])}
                 for r in rows if wanted is None or r[0] in wanted}
 
-    def images_frame(self, image_ids: Iterable[str]) -> pd.DataFrame:
-        """The fetched images among ``image_ids`` as a DataFrame with the ``images`` contract columns, by id.
+    def images_table(self, image_ids: Iterable[str], chunk_rows: int = 5_000) -> pa.Table:
+        """The fetched images among ``image_ids`` in the ``images`` contract (an Arrow table, sorted by id).
 
-        Built by SQLite from the stored records, so no Python object per image is kept meanwhile.
+        Read from SQLite in chunks that are converted to Arrow one at a time, so the Python
+        objects of at most ``chunk_rows`` images exist at once.
         """
         self.flush()
         db = self._connect()
+        tables = []
         with _using(db):
             db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (image_id TEXT PRIMARY KEY)")
             db.execute("DELETE FROM wanted")
             db.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", ((str(i),) for i in image_ids))
-            frame = pd.read_sql_query(_IMAGES_SQL, db)
+            cursor = db.execute(_IMAGES_SQL)
+            names = [d[0] for d in cursor.description]
+            while rows := cursor.fetchmany(chunk_rows):
+                chunk = pd.DataFrame.from_records(rows, columns=names)
+                chunk["is_pano"] = chunk["is_pano"].astype("boolean")
+                tables.append(conform(chunk, IMAGES, what=f"fetched images in {self.path.name}"))
             db.execute("DELETE FROM wanted")
-        frame["is_pano"] = frame["is_pano"].astype("boolean")
-        return frame
+        return pa.concat_tables(tables) if tables else IMAGES.empty_table()
 
     def fetched_one(self, image_id: str) -> dict[str, Any] | None:
         """The fetched entry of one image (committed or pending in this thread), or None."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
+import pyarrow as pa
 
 from geo.bbox import BBox
 from geo.imagery import ImageCollection
@@ -149,7 +150,7 @@ class MapillarySource:
                                              total=len(selected), progress=progress, label=label)
 
         _, failures = run_sync(run())
-        return collection(manifest.images_frame(selected["image_id"]), failures)
+        return collection(manifest.images_table(selected["image_id"]), failures)
 
     # everything --------------------------------------------------------------------------------
     def ingest(self, bbox: BBox, store: str | Path, manifest: str | Path | None = None,
@@ -202,9 +203,11 @@ def _missing(value: Any) -> bool:
         return False
 
 
-def collection(frame: pd.DataFrame, failures: list[tuple[str, str, str]]) -> ImageCollection:
-    """An ``ImageCollection`` (images contract, failures table) from a frame of fetched images and failure tuples."""
-    images = conform(frame, IMAGES, what="mapillary images").to_pandas()
+def collection(images: pa.Table | pd.DataFrame, failures: list[tuple[str, str, str]]) -> ImageCollection:
+    """An ``ImageCollection`` (images contract, failures table) from fetched images and failure tuples."""
+    if isinstance(images, pd.DataFrame):
+        images = conform(images, IMAGES, what="mapillary images")
+    images = images.to_pandas()
     return ImageCollection(images.sort_values("image_id", ignore_index=True),
                            pd.DataFrame(failures, columns=FAILURE_COLUMNS))
 
