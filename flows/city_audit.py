@@ -90,10 +90,11 @@ def city_audit(
     """Audit the streets in ``bbox``.
 
     bbox: "minlon,minlat,maxlon,maxlat" or [minlon, minlat, maxlon, maxlat] (WGS84).
-    source: "sample" (bundled Stuttgart area) or "folder" (with ``images`` = a folder holding
-    images.parquet/images.csv). roads: "sample" or a vector file of road lines. model: "vit-b16"
-    (OpenAI weights, downloaded once) or "tiny" (random, untrained; offline tests). weights: a
-    local checkpoint file. out: the output folder. mapillary: options of source "mapillary"
+    source: "sample" (bundled Stuttgart area), "folder" (with ``images`` = a folder holding
+    images.parquet/images.csv) or "mapillary" (Mapillary API v4; docs/mapillary.md). roads:
+    "sample" or a vector file of road lines. model: "vit-b16" (OpenAI weights, downloaded once)
+    or "tiny" (random, untrained; offline tests). weights: a local checkpoint file. out: the
+    output folder. mapillary: options of source "mapillary"
     (fields of ``geo.mapillary.MapillaryOptions``; never the token, which comes from
     MAPILLARY_ACCESS_TOKEN or the Secret block named by ``token_secret``). Returns the run summary.
     """
