@@ -173,3 +173,16 @@ def test_generic_collect_images_works_with_the_mapillary_source(tmp_path, city, 
     assert set(result.images["source"]) == {"mapillary"}
     for row in result.images.itertuples():
         assert (tmp_path / "images" / row.path).read_bytes() == jpeg_for(row.image_id, "1024")
+
+
+def test_urls_that_are_always_expired_end_as_failures_with_the_reason(tmp_path, city, monkeypatch):
+    from tests.fake_mapillary import FakeMapillary
+
+    with FakeMapillary(city.images[:5], token=TOKEN, url_ttl_s=-60) as server:  # every URL is born expired
+        monkeypatch.setenv("MAPILLARY_GRAPH_URL", server.url)
+        monkeypatch.setenv("MAPILLARY_TILES_URL", server.url)
+        monkeypatch.setenv("MAPILLARY_ACCESS_TOKEN", TOKEN)
+        result = ingest(tmp_path, city, download_attempts=2)
+        assert server.requests["entity"] == 5 * 2  # a fresh URL for every attempt
+    assert result.images.empty and len(result.failures) == 5
+    assert result.failures["reason"].str.contains("expired").all()
