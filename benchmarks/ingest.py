@@ -10,7 +10,7 @@
 2. Memory. For each of ``--memory-sizes`` (10,000 and 100,000 images) a fresh process selects
    and downloads that many images through an in-process transport that answers like the fake
    server (so the network does not dominate), and reports its peak RSS above the RSS before the
-   download (which holds the in-process fake and the candidate table). Printed: that peak while
+   download (which holds the in-process fake and the table of selected images). Printed: that peak while
    downloading for each size and their ratio (goal: flat, close to 1), then the peak including
    the final images table, which necessarily has one row per image.
 """
@@ -105,7 +105,7 @@ class PeakSampler:
 
 
 def memory_child(count: int) -> None:
-    """Select and download ``count`` images through an in-process fake; print peak RSS as JSON."""
+    """Download ``count`` selected images through an in-process fake; print peak RSS above the start as JSON."""
     import httpx
 
     from geo.mapillary import MapillarySource
@@ -146,11 +146,12 @@ def memory_child(count: int) -> None:
     from geo.mapillary.manifest import Manifest
     from geo.mapillary.source import collection, run_sync
 
+    selected = source.select(candidates)  # the input of the download, like the candidates: one row per image
+    del candidates
     gc.collect()
     before_mb = _rss_mb()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder, PeakSampler() as sampler:
-        selected = source.select(candidates)
         manifest = Manifest(Path(folder) / "manifest.sqlite")
         rows = ({k: v for k, v in zip(selected.columns, row)} for row in selected.itertuples(index=False, name=None))
 
