@@ -3,7 +3,10 @@
 ``predict_attributes`` takes a table of images (``image_id`` and an absolute ``file``) and
 returns predictions in the long ``predictions`` contract plus a failures table for images that
 could not be decoded. Decoding runs in DataLoader worker processes; CUDA gets pinned memory and
-bf16 autocast, the CPU stays in fp32.
+bf16 autocast, the CPU stays in fp32. ``device_decode=True`` reads only the file bytes in the
+workers and decodes JPEGs with ``torchvision.io.decode_jpeg`` on the backbone's device (nvJPEG on
+CUDA), then resizes and normalises there. With a ``feature_cache`` (``classify.features``),
+images whose backbone outputs are cached skip decoding and the backbone entirely.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from typing import Mapping
 import pandas as pd
 import pyarrow as pa
 import torch
+import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from tqdm.auto import tqdm
 
-from classify.backbone import Backbone
+from classify.backbone import Backbone, ImageFeatures
 from classify.heads import Head
 
 PREDICTION_SCHEMA = pa.schema(
@@ -36,7 +41,10 @@ PREDICTION_SCHEMA = pa.schema(
 
 
 class _ImageFiles(Dataset):
-    """Decodes and preprocesses images; a file that fails to decode yields its error message."""
+    """Decodes and preprocesses images; a file that fails to decode yields its error message.
+
+    ``preprocess=None`` returns the raw file bytes (uint8) for decoding on the device instead.
+    """
 
     def __init__(self, files: list[str], preprocess):
         self.files = files
@@ -47,6 +55,8 @@ class _ImageFiles(Dataset):
 
     def __getitem__(self, index: int):
         try:
+            if self.preprocess is None:
+                return index, read_file(self.files[index]), None
             with Image.open(self.files[index]) as im:
                 pixels = self.preprocess(im.convert("RGB"))
             return index, pixels, None
@@ -58,8 +68,73 @@ def _collate(items):
     good = [(i, px) for i, px, err in items if err is None]
     bad = [(i, err) for i, _, err in items if err is not None]
     indices = [i for i, _ in good]
+    if good and good[0][1].ndim == 1:  # raw bytes of varying length: keep a list
+        return indices, [px for _, px in good], bad
     pixels = torch.stack([px for _, px in good]) if good else None
     return indices, pixels, bad
+
+
+def device_preprocess(encoded: list[torch.Tensor], backbone: Backbone) -> tuple[list[int], torch.Tensor | None, list]:
+    """Decode JPEG bytes on ``backbone.device`` and apply the eval transform there.
+
+    Shorter side to the model's size (bicubic, antialiased), centre crop, scale to [0, 1],
+    CLIP normalisation. Returns (positions decoded, pixels (B, 3, S, S), [(position, reason)]).
+    """
+    cfg = backbone.model.visual.preprocess_cfg
+    size = backbone.image_size
+    mean = torch.tensor(cfg["mean"], device=backbone.device).view(3, 1, 1)
+    std = torch.tensor(cfg["std"], device=backbone.device).view(3, 1, 1)
+    good, pixels, bad = [], [], []
+    try:
+        decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=backbone.device)
+    except RuntimeError:  # one bad or non-JPEG file fails the batch call: go one by one
+        decoded = []
+        for position, data in enumerate(encoded):
+            try:
+                decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=backbone.device))
+            except RuntimeError:
+                try:  # PNG and friends: decode on the CPU, then continue on the device
+                    decoded.append(decode_image(data, mode=ImageReadMode.RGB).to(backbone.device))
+                except RuntimeError as exc:
+                    decoded.append(None)
+                    bad.append((position, f"RuntimeError: {exc}"))
+    for position, image in enumerate(decoded):
+        if image is None:
+            continue
+        image = TF.resize(image.float(), size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        image = TF.center_crop(image, [size, size]).div_(255).clamp_(0, 1)
+        pixels.append((image - mean) / std)
+        good.append(position)
+    return good, (torch.stack(pixels) if pixels else None), bad
+
+
+def image_batches(files: list[str], backbone: Backbone, *, batch_size: int = 32, num_workers: int | None = None,
+                  device_decode: bool = False, progress: bool = True, desc: str = "classifying images"):
+    """Yield ``(indices, pixels, bad)`` per batch: positions into ``files``, preprocessed pixels
+    (B, 3, S, S) or None, and ``[(position, reason)]`` for files that failed to decode.
+
+    Decoding runs in DataLoader workers (pinned memory on CUDA); with ``device_decode`` the
+    workers only read bytes and JPEG decoding happens on the backbone's device.
+    """
+    workers = default_num_workers(len(files)) if num_workers is None else num_workers
+    loader = DataLoader(
+        _ImageFiles(files, None if device_decode else backbone.preprocess),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=backbone.device.type == "cuda" and not device_decode,
+        # Workers start from a clean forkserver: forking a process that runs Prefect's server and
+        # logging threads (as a flow task does) can kill a worker at start-up.
+        multiprocessing_context="forkserver" if workers else None,
+    )
+    with tqdm(total=len(files), desc=desc, unit="img", disable=not progress) as bar:
+        for indices, pixels, bad in loader:
+            if device_decode and pixels is not None:
+                good, pixels, device_bad = device_preprocess(pixels, backbone)
+                bad = bad + [(indices[p], reason) for p, reason in device_bad]
+                indices = [indices[p] for p in good]
+            yield indices, pixels, bad
+            bar.update(len(indices) + len(bad))
 
 
 @dataclass
@@ -75,45 +150,54 @@ def default_num_workers(n_images: int) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
+def _append_predictions(columns: dict[str, list], image_ids: list[str], features: ImageFeatures,
+                        heads: Mapping[str, Head], model_ids: Mapping[str, str]) -> None:
+    for name, head in heads.items():
+        with torch.inference_mode():
+            probs = head(features).float().softmax(dim=-1).cpu()
+        confidence, best = probs.max(dim=-1)
+        classes = head.attribute.classes
+        n = len(image_ids)
+        columns["image_id"] += image_ids
+        columns["attribute"] += [name] * n
+        columns["label"] += [classes[int(b)] for b in best]
+        columns["confidence"] += confidence.tolist()
+        columns["probabilities"] += [list(zip(classes, row)) for row in probs.tolist()]
+        columns["method"] += [head.method] * n
+        columns["model_id"] += [model_ids[name]] * n
+
+
 def predict_attributes(images: pd.DataFrame, backbone: Backbone, heads: Mapping[str, Head], *,
-                       batch_size: int = 32, num_workers: int | None = None,
-                       progress: bool = True) -> PredictionResult:
-    """Classify every image for every head.
+                       batch_size: int = 32, num_workers: int | None = None, progress: bool = True,
+                       device_decode: bool = False, feature_cache=None) -> PredictionResult:
+    """Classify every image for every head, from one backbone pass per image.
 
     ``images`` needs columns ``image_id`` and ``file`` (a readable path). Returns one prediction
     row per (image, attribute) with the label, its probability as ``confidence``, all class
     probabilities and the head's method; undecodable images go to ``failures``.
+    ``feature_cache``: a ``classify.features.FeatureCache`` for this backbone; cached images
+    skip the backbone, new ones are added. ``device_decode``: decode JPEGs on the device.
     """
     files = images["file"].astype(str).tolist()
     ids = images["image_id"].astype(str).tolist()
-    loader = DataLoader(
-        _ImageFiles(files, backbone.preprocess),
-        batch_size=batch_size,
-        num_workers=default_num_workers(len(files)) if num_workers is None else num_workers,
-        collate_fn=_collate,
-        pin_memory=backbone.device.type == "cuda",
-    )
     columns: dict[str, list] = {name: [] for name in PREDICTION_SCHEMA.names}
     failures = []
     model_ids = {name: f"{backbone.model_id}+{head.head_id}" for name, head in heads.items()}
-    with tqdm(total=len(files), desc="classifying images", unit="img", disable=not progress) as bar:
-        for indices, pixels, bad in loader:
-            failures += [(ids[i], "classify", reason) for i, reason in bad]
-            if pixels is not None:
-                features = backbone.encode_images(pixels)
-                for name, head in heads.items():
-                    with torch.inference_mode():
-                        probs = head(features).float().softmax(dim=-1).cpu()
-                    confidence, best = probs.max(dim=-1)
-                    classes = head.attribute.classes
-                    for row, index in enumerate(indices):
-                        columns["image_id"].append(ids[index])
-                        columns["attribute"].append(name)
-                        columns["label"].append(classes[int(best[row])])
-                        columns["confidence"].append(float(confidence[row]))
-                        columns["probabilities"].append(list(zip(classes, probs[row].tolist())))
-                        columns["method"].append(head.method)
-                        columns["model_id"].append(model_ids[name])
-            bar.update(len(indices) + len(bad))
+    cached = [i for i, image_id in enumerate(ids) if feature_cache is not None and feature_cache.has(image_id)]
+    for start in range(0, len(cached), batch_size):
+        batch_ids = [ids[i] for i in cached[start:start + batch_size]]
+        features = feature_cache.get(batch_ids).to(backbone.device)
+        _append_predictions(columns, batch_ids, features, heads, model_ids)
+    todo = sorted(set(range(len(ids))) - set(cached))
+    for indices, pixels, bad in image_batches([files[i] for i in todo], backbone, batch_size=batch_size,
+                                              num_workers=num_workers, device_decode=device_decode,
+                                              progress=progress):
+        failures += [(ids[todo[i]], "classify", reason) for i, reason in bad]
+        if pixels is not None:
+            features = backbone.encode_images(pixels)
+            batch_ids = [ids[todo[i]] for i in indices]
+            if feature_cache is not None:
+                feature_cache.put(batch_ids, features)
+            _append_predictions(columns, batch_ids, features, heads, model_ids)
     table = pa.Table.from_pydict(columns, schema=PREDICTION_SCHEMA)
     return PredictionResult(table, pd.DataFrame(failures, columns=["image_id", "stage", "reason"]))

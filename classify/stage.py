@@ -1,8 +1,9 @@
 """The classification stage of a run: backbone + heads over the run's image store, resumable.
 
-``classify_image_store`` loads the backbone, builds a zero-shot head per attribute, classifies
-every image once, and keeps the predictions in a Parquet cache keyed by model id and image set,
-so a rerun with the same model and images skips the backbone entirely.
+``classify_image_store`` loads the backbone, takes the MHAdapter heads of ``heads`` (a folder of
+checkpoints) and zero-shot heads for the other attributes, classifies every image once, and
+keeps the predictions in a Parquet cache keyed by model and head ids and the image set, so a
+rerun with the same model, heads and images skips the backbone entirely.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from classify.backbone import load_backbone
-from classify.heads import zero_shot_heads
+from classify.checkpoints import serving_heads
+from classify.features import FeatureCache
 from classify.predict import predict_attributes
-from classify.schema import ATTRIBUTES
 
 UNTRAINED_WARNING = (
     "UNTRAINED MODEL: the '{model}' backbone has random weights, so every label below is noise. "
@@ -47,14 +48,18 @@ def _cache_key(model_ids: dict[str, str], images: pd.DataFrame) -> str:
 def classify_image_store(images: pd.DataFrame, store: Path, *, model: str = "vit-b16",
                          weights: str | os.PathLike | None = None, device: str | None = None,
                          batch_size: int = 32, cache_dir: Path | None = None,
-                         progress: bool = True) -> ClassificationResult:
+                         heads: str | os.PathLike | None = None, feature_cache: str | os.PathLike | None = None,
+                         device_decode: bool = False, progress: bool = True) -> ClassificationResult:
     """Predict all 8 attributes for each image (``path`` relative to ``store``).
 
-    With ``cache_dir``, predictions are written there and reused when the model and the
-    images (ids and sha256) are unchanged.
+    ``heads``: a folder of MHAdapter checkpoints (``<attribute>.json`` + ``.safetensors``);
+    attributes without one use zero-shot heads. With ``cache_dir``, predictions are written
+    there and reused when the model, the heads and the images (ids and sha256) are unchanged.
+    ``feature_cache``: a folder keeping backbone outputs per image, so other heads can re-run
+    without the backbone. ``device_decode``: decode JPEGs on the device (nvJPEG on CUDA).
     """
     backbone = load_backbone(model, weights=weights, device=device)
-    heads = zero_shot_heads(backbone, ATTRIBUTES.values())
+    heads = serving_heads(backbone, heads)
     model_ids = {name: f"{backbone.model_id}+{head.head_id}" for name, head in heads.items()}
     info = {
         "name": model,
@@ -75,7 +80,9 @@ def classify_image_store(images: pd.DataFrame, store: Path, *, model: str = "vit
             return ClassificationResult(pq.read_table(cache), pd.read_parquet(failures_cache), info, reused=True)
 
     frame = pd.DataFrame({"image_id": images["image_id"], "file": [str(store / p) for p in images["path"]]})
-    result = predict_attributes(frame, backbone, heads, batch_size=batch_size, progress=progress)
+    result = predict_attributes(frame, backbone, heads, batch_size=batch_size, progress=progress,
+                                device_decode=device_decode,
+                                feature_cache=FeatureCache(feature_cache, backbone) if feature_cache else None)
     failures = result.failures.rename(columns={"image_id": "item_id"})
     if cache is not None:
         for table_path, write in ((failures_cache, lambda p: failures.to_parquet(p, index=False)),

@@ -23,9 +23,10 @@ from geo.bbox import DEFAULT_MAX_AREA_KM2, BBox, parse_bbox
 from geo.imagery import ImageCollection, collect_images, make_source
 from geo.roads import ROADS_ATTRIBUTION, load_road_segments
 from flows.tiled import collect_tiled
-from warehouse.build import DEFAULT_MAX_DISTANCE_M, AuditCounts, build_audit_database
-from warehouse.export import export_run
+from warehouse.build import DEFAULT_HEADING_PENALTY_M, DEFAULT_MAX_DISTANCE_M, AuditCounts, build_audit_database
 from warehouse.manifest import write_manifest
+from warehouse.publish import publish_run
+from warehouse.raster import DEFAULT_CELL_SIZE_M
 
 stage = task(cache_policy=NO_CACHE)  # stages are resumable on disk; Prefect need not hash DataFrames
 
@@ -50,15 +51,17 @@ def collect_any(bbox: BBox, source: str, images: str | None, store: Path, work: 
 
 
 @stage(name="load road segments")
-def road_segments(bbox: BBox, roads: str):
-    return load_road_segments(bbox, roads)
+def road_segments(bbox: BBox, roads: str, road_classes: str | list[str] | None, max_segment_length_m: float | None):
+    return load_road_segments(bbox, roads, road_classes=road_classes, max_segment_length_m=max_segment_length_m)
 
 
 @stage(name="classify images")
 def classify(collection: ImageCollection, store: Path, model: str, weights: str | None, device: str | None,
-             batch_size: int, cache_dir: Path):
+             batch_size: int, cache_dir: Path, heads: str | None = None, feature_cache: str | None = None,
+             device_decode: bool = False):
     return classify_image_store(collection.images, store, model=model, weights=weights, device=device,
-                                batch_size=batch_size, cache_dir=cache_dir)
+                                batch_size=batch_size, cache_dir=cache_dir, heads=heads,
+                                feature_cache=feature_cache, device_decode=device_decode)
 
 
 @stage(name="build audit database")
@@ -66,9 +69,9 @@ def build_database(database: Path, **tables) -> AuditCounts:
     return build_audit_database(database, **tables)
 
 
-@stage(name="export maps")
-def export(database: Path, out: Path) -> dict[str, str]:
-    return export_run(database, out, list(ATTRIBUTES))
+@stage(name="publish outputs")
+def export(database: Path, out: Path, **options) -> dict[str, str]:
+    return publish_run(database, out, {name: a.classes for name, a in ATTRIBUTES.items()}, **options)
 
 
 @flow(name="city-audit", log_prints=True)
@@ -85,23 +88,43 @@ def city_audit(
     max_area_km2: float | None = DEFAULT_MAX_AREA_KM2,
     batch_size: int = 32,
     device: str | None = None,
+    heads: str | None = None,
+    feature_cache: str | None = None,
+    device_decode: bool = False,
+    road_classes: str | list[str] | None = None,
+    max_segment_length_m: float | None = None,
+    heading_penalty_m: float = DEFAULT_HEADING_PENALTY_M,
+    slice_by_year: bool = False,
+    partition_by_tile: bool = False,
+    cell_size_m: float = DEFAULT_CELL_SIZE_M,
     mapillary: dict | None = None,
 ) -> dict:
     """Audit the streets in ``bbox``.
 
     bbox: "minlon,minlat,maxlon,maxlat" or [minlon, minlat, maxlon, maxlat] (WGS84).
     source: "sample" (bundled Stuttgart area), "folder" (with ``images`` = a folder holding
-    images.parquet/images.csv) or "mapillary" (Mapillary API v4; docs/mapillary.md). roads:
-    "sample" or a vector file of road lines. model: "vit-b16" (OpenAI weights, downloaded once)
-    or "tiny" (random, untrained; offline tests). weights: a local checkpoint file. out: the
-    output folder. mapillary: options of source "mapillary"
-    (fields of ``geo.mapillary.MapillaryOptions``; never the token, which comes from
-    MAPILLARY_ACCESS_TOKEN or the Secret block named by ``token_secret``). Returns the run summary.
+    images.parquet/images.csv) or "mapillary" (Mapillary API v4, docs/mapillary.md). roads: "sample",
+    a local OSM extract (.osm.pbf; road_classes: highway values to keep, max_segment_length_m: split
+    longer segments) or a vector file of road lines.
+    heading_penalty_m: how much further a road across the camera's heading counts when matching.
+    slice_by_year: also aggregate per capture year. partition_by_tile: also write z14-tile
+    partitioned GeoParquet. cell_size_m: coverage GeoTIFF cell size. model: "vit-b16"
+    (OpenAI weights, downloaded once) or "tiny" (random, untrained; offline tests). weights: a
+    local checkpoint file. out: the output folder. heads: a folder of trained head checkpoints
+    (``city-audit train``); attributes without one are zero-shot, and each prediction records its
+    method. feature_cache: a folder keeping backbone outputs per image. device_decode: decode
+    JPEGs on the GPU. mapillary: options of source "mapillary" (fields of
+    ``geo.mapillary.MapillaryOptions``; never the token, which comes from MAPILLARY_ACCESS_TOKEN or
+    the Secret block named by ``token_secret``). Returns the run summary.
     """
     logger = get_run_logger()
     parameters = dict(bbox=bbox, source=source, images=images, roads=roads, model=model, weights=weights, out=out,
                       max_distance_m=max_distance_m, max_images=max_images, max_area_km2=max_area_km2,
-                      batch_size=batch_size, device=device, mapillary=mapillary)
+                      batch_size=batch_size, device=device, heads=heads, feature_cache=feature_cache,
+                      device_decode=device_decode, road_classes=road_classes,
+                      max_segment_length_m=max_segment_length_m, heading_penalty_m=heading_penalty_m,
+                      slice_by_year=slice_by_year, partition_by_tile=partition_by_tile, cell_size_m=cell_size_m,
+                      mapillary=mapillary)
     run_id = str(flow_run.id or uuid.uuid4())
     out_dir = Path(out).expanduser().resolve()
     store, work = out_dir / "images", out_dir / "work"
@@ -117,17 +140,21 @@ def city_audit(
     parameters["bbox"] = area.as_list()
     out_dir.mkdir(parents=True, exist_ok=True)
     collection = timed("collect_images", collect_any, area, source, images, store, work, max_images, mapillary)
-    segments = timed("load_road_segments", road_segments, area, roads)
-    classified = timed("classify_images", classify, collection, store, model, weights, device, batch_size, work)
+    segments = timed("load_road_segments", road_segments, area, roads, road_classes, max_segment_length_m)
+    classified = timed("classify_images", classify, collection, store, model, weights, device, batch_size, work,
+                       heads, feature_cache, device_decode)
     if not classified.model["trained"]:
         logger.warning(UNTRAINED_WARNING.format(model=model))
     failures = pd.concat([collection.failures, classified.failures], ignore_index=True)
     partial_db = out_dir / ".audit.duckdb.partial"
     counts = timed("build_audit_database", build_database, partial_db, images=collection.images, segments=segments,
                    predictions=classified.predictions, failures=failures,
-                   run_id=run_id, metric_crs=area.utm_crs(), max_distance_m=max_distance_m)
+                   run_id=run_id, metric_crs=area.utm_crs(), max_distance_m=max_distance_m,
+                   heading_penalty_m=heading_penalty_m, slice_by_year=slice_by_year)
     shutil.move(partial_db, out_dir / "audit.duckdb")
-    outputs = timed("export_maps", export, out_dir / "audit.duckdb", out_dir)
+    outputs = timed("publish_outputs", export, out_dir / "audit.duckdb", out_dir, metric_crs=area.utm_crs(), run_id=run_id,
+                    model_trained=classified.model["trained"], max_distance_m=max_distance_m,
+                    cell_size_m=cell_size_m, partition_by_tile=partition_by_tile)
     outputs.update(database=str(out_dir / "audit.duckdb"), image_store=str(store))
     summary = {
         "run_id": run_id,

@@ -1,6 +1,9 @@
 """``city-audit``: the command line. Every command calls the same functions as the flows.
 
     city-audit run --bbox 9.16,48.76,9.18,48.78 --source sample --model tiny --out outputs/sample
+    city-audit run ... --heads outputs/heads     # trained MHAdapter heads, zero-shot for the rest
+    city-audit train --attribute weather --data GSS_ROOT --out outputs/heads
+    city-audit evaluate --attribute weather --data GSS_ROOT --heads outputs/heads --out outputs/eval
     city-audit run --bbox 9.16,48.76,9.18,48.78 --source mapillary -m min_spacing_m=5   # needs MAPILLARY_ACCESS_TOKEN
     city-audit serve                 # serve the flow as deployment city-audit/local
     city-audit models                # list the registered backbones
@@ -12,8 +15,9 @@ import argparse
 import sys
 
 import flows  # noqa: F401 - sets the offline Prefect defaults before prefect is imported
+from classify.schema import ATTRIBUTES
 from geo.bbox import DEFAULT_MAX_AREA_KM2, BBoxError, parse_bbox
-from warehouse.build import DEFAULT_MAX_DISTANCE_M
+from warehouse.build import DEFAULT_HEADING_PENALTY_M, DEFAULT_MAX_DISTANCE_M
 
 DEPLOYMENT_NAME = "local"
 
@@ -43,7 +47,11 @@ def _run(args: argparse.Namespace) -> int:
     summary = city_audit(bbox=args.bbox, source=args.source, images=args.images, roads=args.roads, model=args.model,
                          weights=args.weights, out=args.out, max_distance_m=args.max_distance_m,
                          max_images=args.max_images, max_area_km2=args.max_area_km2, batch_size=args.batch_size,
-                         device=args.device, mapillary=mapillary)
+                         device=args.device, heads=args.heads, feature_cache=args.feature_cache,
+                         device_decode=args.gpu_decode, road_classes=args.road_classes,
+                         max_segment_length_m=args.max_segment_length_m, heading_penalty_m=args.heading_penalty_m,
+                         slice_by_year=args.by_year, partition_by_tile=args.tiles, cell_size_m=args.cell_size_m,
+                         mapillary=mapillary)
     print()
     if not summary["model_trained"]:
         print(f"WARNING: model '{args.model}' is UNTRAINED (random weights): the labels are noise, not results.")
@@ -52,9 +60,74 @@ def _run(args: argparse.Namespace) -> int:
     print(f"segments with predictions: {summary['segments_with_predictions']} of {summary['segments']}")
     print(f"failures:                  {summary['failures']} (see run.json)")
     print(f"outputs in {summary['out']}:")
-    for name in ("segments", "images", "database", "manifest"):
-        print(f"  {name:9} {summary['outputs'][name]}")
+    for name in ("segments", "images", "geopackage", "styles", "raster", "map_png", "map_html", "report", "database",
+                 "manifest", "segment_tiles", "image_tiles"):
+        if name in summary["outputs"]:
+            print(f"  {name:13} {summary['outputs'][name]}")
     return 0
+
+
+def _user_errors():
+    from classify.backbone import BackboneError
+    from classify.checkpoints import CheckpointError
+    from classify.labels import LabelFileError
+    from classify.train import TrainingError
+
+    return BackboneError, CheckpointError, LabelFileError, TrainingError
+
+
+def _train(args: argparse.Namespace) -> int:
+    from classify.backbone import load_backbone
+    from classify.mhadapter import AdapterConfig
+    from classify.train import REFERENCE_ADAPTERS, TrainConfig, train_attribute, with_overrides
+
+    try:
+        config = with_overrides(TrainConfig(), mode=args.mode, epochs=args.epochs, batch_size=args.batch_size,
+                                lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
+                                class_weighting=args.class_weighting, seed=args.seed, num_workers=args.num_workers)
+        reference = REFERENCE_ADAPTERS[args.attribute]
+        adapter = AdapterConfig(heads=args.attention_heads or reference.heads, blend=args.blend or reference.blend)
+        backbone = load_backbone(args.model, weights=args.weights, device=args.device)
+        result = train_attribute(args.attribute, args.data, backbone, args.out, config=config, adapter=adapter,
+                                 resume=args.resume, cache_dir=args.cache_dir)
+    except _user_errors() as exc:
+        print(f"city-audit: error: {exc}", file=sys.stderr)
+        return 2
+    best = result.fit.best_metrics
+    if not backbone.trained:
+        print(f"WARNING: model '{args.model}' is UNTRAINED (random weights): this head is a pipeline check, not a model.")
+    print(f"{args.attribute}: trained on {result.n_train}, validated on {result.n_val} images ({config.mode} mode)")
+    print(f"best epoch {result.fit.best_epoch}: val accuracy {best['accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f}"
+          f"{' (stopped early)' if result.fit.stopped_early else ''}")
+    print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from classify.backbone import load_backbone
+    from classify.evaluate import evaluate_attribute
+
+    try:
+        backbone = load_backbone(args.model, weights=args.weights, device=args.device)
+        report = evaluate_attribute(args.attribute, args.data, backbone, args.out, heads_dir=args.heads,
+                                    split=args.split, train_data=args.train_data, cache_dir=args.cache_dir)
+    except _user_errors() as exc:
+        print(f"city-audit: error: {exc}", file=sys.stderr)
+        return 2
+    if not backbone.trained:
+        print(f"WARNING: model '{args.model}' is UNTRAINED (random weights): these numbers are not results.")
+    print(f"{args.attribute}, {args.split} split, {report['n']} images: {report['class_counts']}")
+    print(report["table"])
+    for method, note in report["notes"].items():
+        print(f"note: {method}: {note}")
+    print(f"report: {report['report_path']} (confusion matrices beside it)")
+    return 0
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="vit-b16", help="backbone: vit-b16 (OpenAI weights) | tiny (random, offline tests)")
+    parser.add_argument("--weights", help="local checkpoint file for the backbone (default: $CITY_AUDIT_WEIGHTS or download)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -80,7 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bbox", required=True, help="minlon,minlat,maxlon,maxlat in WGS84, or a JSON list")
     run.add_argument("--source", default="sample", help="imagery source: sample | folder | mapillary (default: sample)")
     run.add_argument("--images", help="for --source folder: a folder with images and images.parquet/images.csv")
-    run.add_argument("--roads", default="sample", help="'sample' or a GeoParquet/GeoPackage/GeoJSON of road lines")
+    run.add_argument("--roads", default="sample",
+                     help="'sample', a local OSM extract (.osm.pbf), or a GeoParquet/GeoPackage/GeoJSON of road lines")
+    run.add_argument("--road-classes", help="for .osm.pbf: comma-separated highway values to keep (default: the drivable "
+                                            "network, living streets, service and pedestrian streets)")
+    run.add_argument("--max-segment-length-m", type=float,
+                     help="for .osm.pbf: split segments longer than this into equal parts (default: 100)")
+    run.add_argument("--heading-penalty-m", type=float, default=DEFAULT_HEADING_PENALTY_M,
+                     help="a road across a camera's heading counts this many metres further away when matching "
+                          f"(default: {DEFAULT_HEADING_PENALTY_M:g}; 0 = plain nearest)")
+    run.add_argument("--by-year", action="store_true", help="also aggregate each segment per capture year")
+    run.add_argument("--tiles", action="store_true",
+                     help="also write GeoParquet partitioned by z14 tile (tiles/segments/tile=.../<run_id>.parquet)")
+    run.add_argument("--cell-size-m", type=float, default=50.0, help="cell size of coverage.tif (default: 50)")
     run.add_argument("--model", default="vit-b16", help="backbone: vit-b16 (OpenAI weights) | tiny (random, offline tests)")
     run.add_argument("--weights", help="local checkpoint file for the backbone (default: $CITY_AUDIT_WEIGHTS or download)")
     run.add_argument("--out", default="outputs/city-audit", help="output folder (default: outputs/city-audit)")
@@ -95,7 +180,43 @@ def build_parser() -> argparse.ArgumentParser:
                           "... (docs/mapillary.md); the token comes from MAPILLARY_ACCESS_TOKEN")
     run.add_argument("--batch-size", type=int, default=32)
     run.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
+    run.add_argument("--heads", help="folder of trained head checkpoints (city-audit train); zero-shot for the rest")
+    run.add_argument("--feature-cache", help="folder that keeps backbone outputs per image for re-running heads")
+    run.add_argument("--gpu-decode", action="store_true", help="decode JPEGs on the device (nvJPEG on CUDA)")
     run.set_defaults(handler=_run)
+
+    train = commands.add_parser("train", help="train a CLIP-MHAdapter head for one attribute")
+    train.add_argument("--attribute", required=True, choices=list(ATTRIBUTES))
+    train.add_argument("--data", required=True, help="Global StreetScapes folder (train/<attribute>.csv) or a path,label CSV")
+    train.add_argument("--out", default="outputs/heads", help="heads folder: writes <attribute>.safetensors + .json")
+    _add_model_options(train)
+    train.add_argument("--mode", choices=["augment", "cached"], help="augment (reference, default) | cached "
+                       "(backbone once, no image augmentation: fast)")
+    train.add_argument("--epochs", type=int, help="default 100")
+    train.add_argument("--batch-size", type=int, help="default 256")
+    train.add_argument("--lr", type=float, help="default 5e-4")
+    train.add_argument("--weight-decay", type=float, help="default 5e-4")
+    train.add_argument("--patience", type=int, help="early stopping: epochs without val macro-F1 gain (default 10)")
+    train.add_argument("--class-weighting", choices=["none", "inverse"], help="default inverse")
+    train.add_argument("--attention-heads", type=int, help="default: the reference setting of the attribute")
+    train.add_argument("--blend", type=float, help="r in (0,1); default: the reference setting of the attribute")
+    train.add_argument("--seed", type=int, help="default 42")
+    train.add_argument("--num-workers", type=int, help="decoding worker processes")
+    train.add_argument("--cache-dir", help="keep backbone outputs per image here (reused by cached mode and evaluate)")
+    train.add_argument("--resume", action="store_true", help="continue from the last finished epoch")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="compare ZeroR, zero-shot, linear probe and MHAdapter on one split")
+    evaluate.add_argument("--attribute", required=True, choices=list(ATTRIBUTES))
+    evaluate.add_argument("--data", required=True, help="Global StreetScapes folder or a path,label CSV")
+    evaluate.add_argument("--heads", help="heads folder with the attribute's checkpoint")
+    evaluate.add_argument("--split", choices=["test", "val"], default="test",
+                          help="test: GSS test CSV or the CSV itself; val: the held-out part of the training labels")
+    evaluate.add_argument("--train-data", help="training labels for the linear probe (default: --data's train split)")
+    evaluate.add_argument("--out", default="outputs/evaluation", help="folder for the JSON report and confusion PNGs")
+    evaluate.add_argument("--cache-dir", help="backbone feature cache (shared with train)")
+    _add_model_options(evaluate)
+    evaluate.set_defaults(handler=_evaluate)
 
     serve = commands.add_parser("serve", help=f"serve the flow as deployment city-audit/{DEPLOYMENT_NAME} (needs PREFECT_API_URL)")
     serve.add_argument("--name", default=DEPLOYMENT_NAME)

@@ -64,11 +64,11 @@ class BBox:
 def _values(raw: str | Sequence[float]) -> list[float]:
     if isinstance(raw, str):
         text = raw.strip()
-        if text.startswith("["):
+        if text.startswith(("[", "{")):
             try:
                 raw = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise BBoxError(f"bbox {raw!r} is not a valid JSON list ({exc.msg}); {_FORM}") from None
+                raise BBoxError(f"bbox {raw!r} is not valid JSON ({exc.msg}); {_FORM}") from None
         else:
             raw = [p for p in text.replace(" ", ",").split(",") if p]
     if isinstance(raw, dict) or not isinstance(raw, (list, tuple)):

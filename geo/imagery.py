@@ -100,10 +100,8 @@ class LocalFolderSource:
         origin = Path(image["origin"])
         if not origin.is_file():
             raise FileNotFoundError(f"{origin} is listed in {self.metadata_file.name} but does not exist")
-        try:
-            os.link(origin, destination)  # no copy when store and folder share a filesystem
-        except OSError:
-            shutil.copyfile(origin, destination)
+        # A copy, never a hard link: a link would let later writes to the store alter the user's originals.
+        shutil.copyfile(origin, destination)
 
 
 def sample_source() -> LocalFolderSource:

@@ -1,8 +1,10 @@
 """Road segments for a bounding box, in the ``segments`` contract.
 
-Sources: ``sample`` (the bundled 190 OSM edges around the Stuttgart sample images) or the path
-of a vector file of road lines (GeoParquet, GeoPackage, GeoJSON, ...). Segments that intersect
-the bbox are kept whole; ``length_m`` is geodesic on the WGS84 ellipsoid.
+Sources: ``sample`` (the bundled 190 OSM edges around the Stuttgart sample images), the path of
+a local OpenStreetMap extract (``.osm.pbf``: read, filtered by road class and split into
+segments by ``geo.osm``), or the path of a vector file of road lines (GeoParquet, GeoPackage,
+GeoJSON, ...). Segments that intersect the bbox are kept whole; ``length_m`` is geodesic on the
+WGS84 ellipsoid.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from shapely.geometry import box
 
 from geo.bbox import BBox
 from geo.imagery import SAMPLE_AREA
+from geo.osm import DEFAULT_MAX_SEGMENT_LENGTH_M, DEFAULT_ROAD_CLASSES, is_osm_pbf, read_osm_road_segments
 
 _GEOD = Geod(ellps="WGS84")
 SAMPLE_ROADS = SAMPLE_AREA / "roads.parquet"
@@ -40,8 +43,17 @@ def _read(roads: str | os.PathLike) -> gpd.GeoDataFrame:
     return frame.to_crs("EPSG:4326")
 
 
-def load_road_segments(bbox: BBox, roads: str | os.PathLike = "sample") -> gpd.GeoDataFrame:
-    """Road segments intersecting ``bbox`` with ``segment_id, osm_way_id, highway, name, length_m, geometry``."""
+def load_road_segments(bbox: BBox, roads: str | os.PathLike = "sample", *,
+                       road_classes: tuple[str, ...] | list[str] | str | None = None,
+                       max_segment_length_m: float | None = None) -> gpd.GeoDataFrame:
+    """Road segments intersecting ``bbox`` with ``segment_id, osm_way_id, highway, name, length_m, geometry``.
+
+    ``road_classes`` (highway values) and ``max_segment_length_m`` apply to ``.osm.pbf`` sources;
+    ready-made segment files are used as they are.
+    """
+    if str(roads) != "sample" and is_osm_pbf(roads):
+        return read_osm_road_segments(roads, bbox, road_classes=road_classes or DEFAULT_ROAD_CLASSES,
+                                      max_segment_length_m=max_segment_length_m or DEFAULT_MAX_SEGMENT_LENGTH_M)
     frame = _read(roads)
     lines = frame[frame.geometry.geom_type.isin(["LineString", "MultiLineString"])]
     if len(frame) and lines.empty:

@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_SAMPLE = REPO.parent / "shared" / "sample"
 SAMPLE_BBOX = "9.16,48.76,9.18,48.78"
 
+pytest_plugins = ["tests.mhadapter_support"]  # session fixtures of the MHAdapter tests, set up once
+
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """An empty selection is an error, never a silent green run (pytest's exit code 5)."""

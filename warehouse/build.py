@@ -20,6 +20,12 @@ import pyarrow as pa
 from warehouse.db import connect, sql
 
 DEFAULT_MAX_DISTANCE_M = 25.0
+#: A segment at right angles to a non-panoramic camera's heading counts as this much further away.
+DEFAULT_HEADING_PENALTY_M = 15.0
+#: The local bearing of a segment is taken between points this far either side of the image's nearest point.
+DEFAULT_BEARING_WINDOW_M = 10.0
+#: Unmatched images report their nearest segment within this many times the matching distance.
+UNMATCHED_SEARCH_FACTOR = 10.0
 WILSON_Z_95 = 1.959964
 
 
@@ -63,11 +69,17 @@ def _load_table(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table | pd.
 
 def build_audit_database(database: str | os.PathLike, *, images: pd.DataFrame, segments: gpd.GeoDataFrame,
                          predictions: pa.Table, failures: pd.DataFrame, run_id: str, metric_crs: str,
-                         max_distance_m: float = DEFAULT_MAX_DISTANCE_M) -> AuditCounts:
+                         max_distance_m: float = DEFAULT_MAX_DISTANCE_M,
+                         heading_penalty_m: float = DEFAULT_HEADING_PENALTY_M,
+                         bearing_window_m: float = DEFAULT_BEARING_WINDOW_M,
+                         slice_by_year: bool = False) -> AuditCounts:
     """Create ``database`` from scratch and fill it; returns row counts for the run manifest.
 
     ``predictions`` follows the predictions contract without ``run_id`` (added here);
     ``metric_crs`` is a projected CRS in metres (e.g. the bbox's UTM zone) used for distances.
+    Matching: nearest segment within ``max_distance_m``, a segment across a camera's heading
+    counting ``heading_penalty_m`` further away (``sql/match_images.sql``); images left over get
+    a reason in ``unmatched_reasons``. ``slice_by_year`` also fills ``segment_attributes_by_year``.
     """
     database = Path(database)
     database.unlink(missing_ok=True)
@@ -78,8 +90,16 @@ def build_audit_database(database: str | os.PathLike, *, images: pd.DataFrame, s
         _load_segments(con, segments)
         _load_table(con, "predictions", predictions.append_column("run_id", pa.array([run_id] * predictions.num_rows, pa.string())))
         _load_table(con, "failures", failures)
-        con.execute(sql("match_images"), {"metric_crs": metric_crs, "max_distance_m": max_distance_m})
-        con.execute(sql("aggregate_segments"), {"z": WILSON_Z_95})
+        con.execute(sql("match_images"), {"metric_crs": metric_crs, "max_distance_m": max_distance_m,
+                                          "heading_penalty_m": heading_penalty_m, "bearing_window_m": bearing_window_m})
+        con.execute(sql("unmatched_images"), {"metric_crs": metric_crs, "max_distance_m": max_distance_m,
+                                              "search_distance_m": max_distance_m * UNMATCHED_SEARCH_FACTOR})
+        con.execute(sql("aggregate_segments"))
+        con.execute("INSERT INTO segment_attributes BY NAME SELECT * EXCLUDE (capture_year) FROM segment_aggregates($z, false)",
+                    {"z": WILSON_Z_95})
+        if slice_by_year:
+            con.execute("INSERT INTO segment_attributes_by_year BY NAME SELECT * FROM segment_aggregates($z, true) "
+                        "WHERE capture_year IS NOT NULL", {"z": WILSON_Z_95})
         con.execute(sql("views"))
         counts = con.execute("""
             SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM segments), (SELECT count(*) FROM predictions),

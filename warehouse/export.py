@@ -1,32 +1,58 @@
-"""Publish a run: GeoParquet 1.1 maps of segments and images, written atomically.
+"""Publish a run's tables: GeoParquet 1.1, a GeoPackage copy and tile-partitioned GeoParquet.
 
 ``segments.parquet``: one row per road segment, one column group per attribute
-(``weather_label``, ``weather_share``, ``weather_share_ci_low``, ...), plus ``n_images``.
-``images.parquet``: one point per image with its match and one label/confidence pair per
-attribute. Both carry GeoParquet 1.1 ``geo`` metadata (WKB, PROJJSON CRS, bbox covering).
+(``weather_label``, ``weather_share``, ``weather_share_ci_low``, ``weather_label_counts`` ...),
+plus ``n_images``. ``images.parquet``: one point per image with its match (or the reason it has
+none) and one label/confidence pair per attribute. Both carry GeoParquet 1.1 ``geo`` metadata
+(WKB, PROJJSON CRS, bbox covering). ``segments.gpkg`` holds the same two tables as layers
+``segments`` and ``images`` for GIS software whose GDAL has no Parquet driver.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Sequence
 
 import duckdb
 import geopandas as gpd
+import numpy as np
 import pandas as pd
+import shapely
 
 from warehouse.db import sql
 
-SEGMENT_GROUP = ("label", "share", "share_ci_low", "share_ci_high", "mean_confidence")
+SEGMENT_GROUP = ("label", "share", "share_ci_low", "share_ci_high", "mean_confidence", "label_counts")
 IMAGE_GROUP = ("label", "confidence")
+TILE_ZOOM = 14
+ROW_GROUP_SIZE = 16_384
 
 
-def write_geoparquet(frame: gpd.GeoDataFrame, path: str | os.PathLike) -> Path:
-    """Write GeoParquet 1.1 (bbox covering column, CRS) to a temporary name, then rename."""
+def write_geoparquet(frame: gpd.GeoDataFrame, path: str | os.PathLike, row_group_size: int = ROW_GROUP_SIZE) -> Path:
+    """Write GeoParquet 1.1 (bbox covering column, CRS) to a temporary name, then rename.
+
+    Rows are sorted along a Hilbert curve and written in row groups of ``row_group_size`` so
+    readers (GDAL >= 3.9, DuckDB) can skip row groups outside a bbox in large files.
+    """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    frame.to_parquet(partial, index=False, schema_version="1.1.0", write_covering_bbox=True, compression="zstd")
+    if len(frame) > 1:
+        frame = frame.iloc[np.argsort(frame.hilbert_distance().to_numpy(), kind="stable")]
+    frame.to_parquet(partial, index=False, schema_version="1.1.0", write_covering_bbox=True, compression="zstd",
+                     row_group_size=row_group_size)
+    os.replace(partial, path)
+    return path
+
+
+def write_geopackage(layers: dict[str, gpd.GeoDataFrame], path: str | os.PathLike) -> Path:
+    """Write each frame as a layer of one GeoPackage (through pyogrio), atomically."""
+    path = Path(path)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # GDAL wants the .gpkg extension
+    partial.unlink(missing_ok=True)
+    for name, frame in layers.items():
+        frame.to_file(partial, layer=name, driver="GPKG", engine="pyogrio")
     os.replace(partial, path)
     return path
 
@@ -42,8 +68,8 @@ def _wide(long: pd.DataFrame, keys: list[str], group: Sequence[str], attributes:
     return base.reset_index()
 
 
-def export_segments(con: duckdb.DuckDBPyConnection, path: str | os.PathLike, attributes: Sequence[str]) -> Path:
-    """Write ``segments.parquet`` from a built audit database."""
+def segments_frame(con: duckdb.DuckDBPyConnection, attributes: Sequence[str]) -> gpd.GeoDataFrame:
+    """Segments with their per-attribute aggregates, one row per segment (EPSG:4326)."""
     long = con.execute(sql("export_segments")).df()
     keys = ["segment_id", "osm_way_id", "highway", "name", "length_m", "wkb"]
     wide = _wide(long, keys, SEGMENT_GROUP, attributes)
@@ -51,28 +77,83 @@ def export_segments(con: duckdb.DuckDBPyConnection, path: str | os.PathLike, att
                                             last_captured_at=("last_captured_at", "max"))
     wide = wide.join(totals, on="segment_id")
     wide["n_images"] = wide["n_images"].fillna(0).astype("int32")
-    frame = gpd.GeoDataFrame(wide.drop(columns="wkb"), geometry=gpd.GeoSeries.from_wkb(wide["wkb"].map(bytes)), crs="EPSG:4326")
-    return write_geoparquet(frame, path)
+    return gpd.GeoDataFrame(wide.drop(columns="wkb"), geometry=gpd.GeoSeries.from_wkb(wide["wkb"].map(bytes)), crs="EPSG:4326")
+
+
+def images_frame(con: duckdb.DuckDBPyConnection, attributes: Sequence[str]) -> gpd.GeoDataFrame:
+    """Images with their match (or unmatched reason) and per-attribute labels, one row per image."""
+    long = con.execute(sql("export_images")).df()
+    keys = ["image_id", "source", "sequence_id", "captured_at", "compass_angle", "is_pano", "camera_type", "lon", "lat",
+            "width", "height", "path", "sha256", "wkb", "segment_id", "distance_m", "heading_difference_deg",
+            "unmatched_reason"]
+    wide = _wide(long, keys, IMAGE_GROUP, attributes)
+    methods = long.dropna(subset=["attribute"]).groupby("image_id")["method"].agg(lambda m: ",".join(sorted(set(m))))
+    wide["method"] = wide["image_id"].map(methods)
+    return gpd.GeoDataFrame(wide.drop(columns="wkb"), geometry=gpd.GeoSeries.from_wkb(wide["wkb"].map(bytes)), crs="EPSG:4326")
+
+
+def export_segments(con: duckdb.DuckDBPyConnection, path: str | os.PathLike, attributes: Sequence[str]) -> Path:
+    """Write ``segments.parquet`` from a built audit database."""
+    return write_geoparquet(segments_frame(con, attributes), path)
 
 
 def export_images(con: duckdb.DuckDBPyConnection, path: str | os.PathLike, attributes: Sequence[str]) -> Path:
     """Write ``images.parquet`` from a built audit database."""
-    long = con.execute(sql("export_images")).df()
-    keys = ["image_id", "source", "sequence_id", "captured_at", "compass_angle", "is_pano", "camera_type", "lon", "lat",
-            "width", "height", "path", "sha256", "wkb", "segment_id", "distance_m", "heading_difference_deg"]
-    wide = _wide(long, keys, IMAGE_GROUP, attributes)
-    methods = long.dropna(subset=["attribute"]).groupby("image_id")["method"].agg(lambda m: ",".join(sorted(set(m))))
-    wide["method"] = wide["image_id"].map(methods)
-    frame = gpd.GeoDataFrame(wide.drop(columns="wkb"), geometry=gpd.GeoSeries.from_wkb(wide["wkb"].map(bytes)), crs="EPSG:4326")
-    return write_geoparquet(frame, path)
+    return write_geoparquet(images_frame(con, attributes), path)
 
 
-def export_run(database: str | os.PathLike, out: str | os.PathLike, attributes: Sequence[str]) -> dict[str, str]:
-    """Write ``segments.parquet`` and ``images.parquet`` next to ``database``; returns their paths."""
+def tile_keys(frame: gpd.GeoDataFrame, zoom: int = TILE_ZOOM) -> pd.Series:
+    """The web-mercator tile ``<zoom>_<x>_<y>`` holding each feature's midpoint (points: the point).
+
+    A segment always lands in one tile, whichever worker wrote it, so partitions from several
+    workers never split a segment.
+    """
+    if frame.empty:
+        return pd.Series([], dtype="string", index=frame.index)
+    geoms = frame.geometry.to_numpy()
+    lines = shapely.get_type_id(geoms) == 1  # LineString: its midpoint along the line; anything else: a point on it
+    mid = shapely.point_on_surface(geoms)
+    mid[lines] = shapely.line_interpolate_point(geoms[lines], 0.5, normalized=True)
+    n = 2 ** zoom
+    lon, lat = shapely.get_x(mid), np.radians(np.clip(shapely.get_y(mid), -85.05112878, 85.05112878))
+    x = np.clip(np.floor((lon + 180.0) / 360.0 * n), 0, n - 1).astype(int)
+    y = np.clip(np.floor((1.0 - np.arcsinh(np.tan(lat)) / math.pi) / 2.0 * n), 0, n - 1).astype(int)
+    return pd.Series([f"{zoom}_{a}_{b}" for a, b in zip(x, y)], index=frame.index, dtype="string")
+
+
+def write_tiles(frame: gpd.GeoDataFrame, folder: str | os.PathLike, part_name: str, zoom: int = TILE_ZOOM) -> list[Path]:
+    """Hive-partitioned GeoParquet: ``folder/tile=<z>_<x>_<y>/<part_name>.parquet``, one file per tile.
+
+    Each worker writes its own ``part_name`` (e.g. its run id), so outputs of several workers
+    merge by copying folders together; readers glob ``folder/*/*.parquet``.
+    """
+    folder = Path(folder)
+    keys = tile_keys(frame, zoom)
+    written = []
+    for key in sorted(keys.unique()):
+        written.append(write_geoparquet(frame[keys == key].reset_index(drop=True), folder / f"tile={key}" / f"{part_name}.parquet"))
+    return written
+
+
+def export_run(database: str | os.PathLike, out: str | os.PathLike, attributes: Sequence[str], *,
+               geopackage: bool = True, tiles_part: str | None = None) -> dict[str, str]:
+    """Write ``segments.parquet``, ``images.parquet`` and (``geopackage``) ``segments.gpkg`` into ``out``.
+
+    With ``tiles_part`` also ``tiles/segments/tile=*/<tiles_part>.parquet`` and the same for images.
+    Returns the written paths by name.
+    """
     from warehouse.db import connect
 
     out = Path(out)
     with connect(database, read_only=True) as con:
-        segments = export_segments(con, out / "segments.parquet", attributes)
-        images = export_images(con, out / "images.parquet", attributes)
-    return {"segments": str(segments), "images": str(images)}
+        segments = segments_frame(con, attributes)
+        images = images_frame(con, attributes)
+    outputs = {"segments": str(write_geoparquet(segments, out / "segments.parquet")),
+               "images": str(write_geoparquet(images, out / "images.parquet"))}
+    if geopackage:
+        outputs["geopackage"] = str(write_geopackage({"segments": segments, "images": images}, out / "segments.gpkg"))
+    if tiles_part:
+        write_tiles(segments, out / "tiles" / "segments", tiles_part)
+        write_tiles(images, out / "tiles" / "images", tiles_part)
+        outputs.update(segment_tiles=str(out / "tiles" / "segments"), image_tiles=str(out / "tiles" / "images"))
+    return outputs

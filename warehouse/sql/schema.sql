@@ -60,6 +60,31 @@ CREATE TABLE IF NOT EXISTS segment_attributes (
     PRIMARY KEY (segment_id, attribute)
 );
 
+-- Images with no segment within the matching distance, and why (sql/unmatched_images.sql).
+CREATE TABLE IF NOT EXISTS unmatched_reasons (
+    image_id            VARCHAR PRIMARY KEY,
+    reason              VARCHAR NOT NULL,
+    nearest_segment_id  VARCHAR,   -- within the wider search radius, if any
+    nearest_distance_m  DOUBLE
+);
+
+-- segment_attributes sliced by capture year; filled only when the run asks for it.
+CREATE TABLE IF NOT EXISTS segment_attributes_by_year (
+    segment_id         VARCHAR NOT NULL,
+    attribute          VARCHAR NOT NULL,
+    capture_year       INTEGER NOT NULL,
+    n_images           INTEGER,
+    label              VARCHAR,
+    share              DOUBLE,
+    share_ci_low       DOUBLE,
+    share_ci_high      DOUBLE,
+    mean_confidence    DOUBLE,
+    label_counts       MAP(VARCHAR, BIGINT),
+    first_captured_at  TIMESTAMPTZ,
+    last_captured_at   TIMESTAMPTZ,
+    PRIMARY KEY (segment_id, attribute, capture_year)
+);
+
 CREATE TABLE IF NOT EXISTS failures (
     item_id  VARCHAR,
     stage    VARCHAR,

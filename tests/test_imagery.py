@@ -1,0 +1,107 @@
+"""Imagery sources and the image store: bbox filtering, folder metadata, atomic idempotent copies."""
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from geo.bbox import parse_bbox
+from geo.imagery import ImagerySourceError, LocalFolderSource, collect_images, make_source, SAMPLE_AREA
+
+SAMPLE = parse_bbox("9.16,48.76,9.18,48.78")
+
+
+def _folder_with_sample(tmp_path, n=4, fmt="csv"):
+    meta = pd.read_parquet(SAMPLE_AREA / "images.parquet").head(n)
+    folder = tmp_path / "collection"
+    (folder / "pics").mkdir(parents=True)
+    for p in meta["path"]:
+        shutil.copy(SAMPLE_AREA / p, folder / "pics" / p.split("/")[-1])
+    meta = meta.assign(path=["pics/" + p.split("/")[-1] for p in meta["path"]]).drop(columns=["sha256"])
+    if fmt == "csv":
+        meta.to_csv(folder / "images.csv", index=False)
+    else:
+        meta.to_parquet(folder / "images.parquet")
+    return folder, meta
+
+
+def test_sample_source_filters_to_the_bbox(tmp_path):
+    everything = collect_images(make_source("sample"), SAMPLE, tmp_path / "a", progress=False)
+    assert len(everything.images) == 19 and everything.failures.empty
+    north = parse_bbox("9.16,48.77,9.18,48.78")
+    part = collect_images(make_source("sample"), north, tmp_path / "b", progress=False)
+    assert 0 < len(part.images) < 19
+    assert part.images.lat.between(48.77, 48.78).all()
+    assert {p.name for p in (tmp_path / "b").iterdir()} == set(part.images.path)
+
+
+def test_store_records_contract_fields(tmp_path):
+    images = collect_images(make_source("sample"), SAMPLE, tmp_path, progress=False).images
+    reference = pd.read_parquet(SAMPLE_AREA / "images.parquet").set_index("image_id")
+    row = images.set_index("image_id").loc["825751065820694"]
+    assert row.sha256 == reference.loc["825751065820694", "sha256"]
+    assert (row.width, row.height) == (1024, 768)
+    assert not row.is_pano and row.camera_type == "perspective"
+    assert str(row.captured_at.tz) == "UTC" and pd.notna(row.fetched_at)
+
+
+def test_collect_is_idempotent_and_leaves_no_partial_files(tmp_path):
+    source = make_source("sample")
+    first = collect_images(source, SAMPLE, tmp_path, progress=False)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    second = collect_images(source, SAMPLE, tmp_path, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == mtimes  # nothing rewritten
+    assert second.images.image_id.tolist() == first.images.image_id.tolist()
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_a_damaged_file_in_the_store_is_replaced(tmp_path):
+    source = make_source("sample")
+    images = collect_images(source, SAMPLE, tmp_path, progress=False).images
+    victim = tmp_path / images.path[0]
+    victim.write_bytes(victim.read_bytes()[:100])
+    again = collect_images(source, SAMPLE, tmp_path, progress=False)
+    assert again.failures.empty
+    assert (tmp_path / images.path[0]).read_bytes() == (SAMPLE_AREA / "images" / images.path[0]).read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_local_folder_source(tmp_path, fmt):
+    folder, meta = _folder_with_sample(tmp_path, fmt=fmt)
+    result = collect_images(make_source("folder", folder), SAMPLE, tmp_path / "store", progress=False)
+    assert sorted(result.images.image_id) == sorted(meta.image_id)
+    assert set(result.images.source) == {"mapillary"}
+
+
+def test_corrupt_and_missing_images_are_failures_not_crashes(tmp_path):
+    folder, meta = _folder_with_sample(tmp_path)
+    (folder / meta.path[0]).write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / meta.path[1]).unlink()
+    store = tmp_path / "store"
+    result = collect_images(make_source("folder", folder), SAMPLE, store, progress=False)
+    assert len(result.images) == 2
+    reasons = dict(zip(result.failures.item_id, result.failures.reason))
+    assert set(reasons) == {meta.image_id[0], meta.image_id[1]}
+    assert "does not exist" in reasons[meta.image_id[1]]
+    assert set(result.failures.stage) == {"collect"}
+    assert sorted(p.name for p in store.iterdir()) == sorted(result.images.path)  # nothing half-written left
+
+
+def test_folder_source_errors_name_the_problem(tmp_path):
+    with pytest.raises(ImagerySourceError, match="does not exist"):
+        LocalFolderSource(tmp_path / "nope")
+    with pytest.raises(ImagerySourceError, match="has no images.parquet or images.csv"):
+        LocalFolderSource(tmp_path)
+    (tmp_path / "images.csv").write_text("image_id,lon\n1,9.17\n")
+    with pytest.raises(ImagerySourceError, match=r"missing required column\(s\) \['lat', 'path'\]"):
+        make_source("folder", tmp_path).discover(SAMPLE)
+    (tmp_path / "images.csv").write_text("image_id,lon,lat,path\n1,9.17,48.77,a.jpg\n1,9.17,48.77,b.jpg\n")
+    with pytest.raises(ImagerySourceError, match="unique"):
+        make_source("folder", tmp_path).discover(SAMPLE)
+    (tmp_path / "images.csv").write_text("image_id,lon,lat,path\n1,east,48.77,a.jpg\n")
+    with pytest.raises(ImagerySourceError, match="'lon' cannot be read"):
+        make_source("folder", tmp_path).discover(SAMPLE)
+    with pytest.raises(ImagerySourceError, match="missing --images"):
+        make_source("folder")
+    with pytest.raises(ImagerySourceError, match="choose from sample, folder"):
+        make_source("flickr")

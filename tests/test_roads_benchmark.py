@@ -1,0 +1,23 @@
+"""benchmarks/join.py runs end to end on a small size and both engines agree (no timing asserts)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_join_benchmark_small_run_agrees():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "join.py"), "--points", "3000", "--segments", "800",
+         "--pbf", str(REPO / "tests" / "data" / "pyrosm_test.osm.pbf")],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "agreement: 0 points matched by only one engine" in out
+    assert re.search(r"ratio: DuckDB is [0-9.]+x faster than geopandas sjoin_nearest", out)
+    matched = re.findall(r"^(?:duckdb|geopandas) .*?\s([0-9,]+)\s+\d+\s+\d+\s+\d+$", out, flags=re.M)
+    assert len(matched) == 3 and len(set(matched)) == 1, out  # every engine matched the same points

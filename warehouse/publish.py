@@ -1,0 +1,51 @@
+"""Everything a planner opens after a run, written from ``audit.duckdb`` in one call.
+
+``publish_run`` writes the GeoParquet files and the GeoPackage (``warehouse.export``), a QGIS
+style per attribute (``warehouse.styles``), the coverage GeoTIFF (``warehouse.raster``), the PNG
+and HTML maps (``warehouse.maps``) and the run report (``warehouse.report``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from warehouse.db import connect
+from warehouse.export import export_run, images_frame, segments_frame
+from warehouse.maps import write_map_html, write_map_png
+from warehouse.raster import DEFAULT_CELL_SIZE_M, write_coverage_raster
+from warehouse.report import write_report
+from warehouse.styles import embed_styles_in_geopackage, write_styles
+
+DEFAULT_MAP_ATTRIBUTE = "weather"
+
+
+def publish_run(database: str | os.PathLike, out: str | os.PathLike, attributes: Mapping[str, Sequence[str]], *,
+                metric_crs: str, run_id: str, model_trained: bool | None = None,
+                max_distance_m: float = 25.0, map_attribute: str = DEFAULT_MAP_ATTRIBUTE,
+                cell_size_m: float = DEFAULT_CELL_SIZE_M, partition_by_tile: bool = False) -> dict[str, str]:
+    """Write all planner outputs of a built audit database into ``out``; returns ``{name: path}``.
+
+    ``attributes`` maps each attribute to its classes (in class order: it fixes the colours).
+    ``partition_by_tile`` also writes ``tiles/{segments,images}/tile=<z14>/<run_id>.parquet``.
+    """
+    out = Path(out)
+    if map_attribute not in attributes:
+        map_attribute = next(iter(attributes))
+    outputs = export_run(database, out, list(attributes), tiles_part=run_id if partition_by_tile else None)
+    outputs["styles"] = str(out / "styles")
+    write_styles(out / "styles", attributes)
+    embed_styles_in_geopackage(outputs["geopackage"], "segments", attributes, default=map_attribute)
+    warning = " (UNTRAINED MODEL: labels are noise)" if model_trained is False else ""
+    with connect(database, read_only=True) as con:
+        segments, images = segments_frame(con, list(attributes)), images_frame(con, list(attributes))
+        outputs["raster"] = str(write_coverage_raster(con, out / "coverage.tif", attributes, metric_crs, cell_size_m))
+        outputs["map_png"] = str(write_map_png(segments, images, out / "map.png", map_attribute, attributes[map_attribute],
+                                               metric_crs, title=f"Dominant {map_attribute.replace('_', ' ')} per road segment{warning}"))
+        outputs["map_html"] = str(write_map_html(segments, images, out / "map.html", attributes, map_attribute,
+                                                 title=f"city-audit {run_id}{warning}"))
+        outputs["report"] = str(write_report(con, out / "report.md", run_id=run_id, model_trained=model_trained,
+                                             max_distance_m=max_distance_m,
+                                             outputs={**outputs, "database": str(database)}))
+    return outputs

@@ -1,0 +1,98 @@
+"""A GeoTIFF of image coverage and label shares on a metric grid (``coverage.tif``).
+
+Grid: square cells of ``cell_size_m`` metres in the run's metric CRS (its UTM zone), north up,
+the origin snapped to whole multiples of the cell size so grids of neighbouring runs line up.
+Bands, all float32 with NaN where a cell has no image:
+
+1. ``image_count``: images in the cell (matched or not);
+2. one band per attribute and class, ``<attribute>=<class>``: the share of the cell's images
+   predicted as that class (shares of one attribute add up to 1 in every covered cell).
+
+Band names are stored as band descriptions (GDAL/QGIS show them) and as band tags
+``attribute``/``class``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import duckdb
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+
+DEFAULT_CELL_SIZE_M = 50.0
+MAX_CELLS = 25_000_000
+
+
+class RasterTooLargeError(ValueError):
+    """The grid would have too many cells for the chosen cell size."""
+
+
+def band_names(attributes: Mapping[str, Sequence[str]]) -> list[str]:
+    """The band descriptions in band order: ``image_count`` then ``<attribute>=<class>``."""
+    return ["image_count"] + [f"{a}={c}" for a, classes in attributes.items() for c in classes]
+
+
+def write_coverage_raster(con: duckdb.DuckDBPyConnection, path: str | os.PathLike, attributes: Mapping[str, Sequence[str]],
+                          metric_crs: str, cell_size_m: float = DEFAULT_CELL_SIZE_M) -> Path:
+    """Write the coverage/share GeoTIFF of a built audit database; returns its path.
+
+    The grid covers every image and segment. Raises ``RasterTooLargeError`` past ``MAX_CELLS``.
+    """
+    extent = con.execute("""
+        WITH g AS (
+            SELECT ST_Transform(geometry, 'EPSG:4326', $crs, always_xy := true) AS g FROM images
+            UNION ALL SELECT ST_Transform(geometry, 'EPSG:4326', $crs, always_xy := true) FROM segments
+        )
+        SELECT min(ST_XMin(g)), min(ST_YMin(g)), max(ST_XMax(g)), max(ST_YMax(g)) FROM g
+    """, {"crs": metric_crs}).fetchone()
+    if extent[0] is None:
+        extent = (0.0, 0.0, cell_size_m, cell_size_m)
+    x0 = math.floor(extent[0] / cell_size_m) * cell_size_m
+    y0 = math.floor(extent[1] / cell_size_m) * cell_size_m
+    width = max(1, math.ceil((extent[2] - x0) / cell_size_m + 1e-9))
+    height = max(1, math.ceil((extent[3] - y0) / cell_size_m + 1e-9))
+    if width * height > MAX_CELLS:
+        raise RasterTooLargeError(f"a {cell_size_m:g} m grid would have {width * height:,} cells; use a larger cell size")
+    y_top = y0 + height * cell_size_m
+    rows = con.execute("""
+        SELECT i.image_id, ST_X(g) AS x, ST_Y(g) AS y, p.attribute, p.label
+        FROM (SELECT image_id, ST_Transform(geometry, 'EPSG:4326', $crs, always_xy := true) AS g FROM images) i
+        LEFT JOIN predictions p USING (image_id)
+    """, {"crs": metric_crs}).df()
+    names = band_names(attributes)
+    bands = np.zeros((len(names), height, width), dtype=np.float64)
+    col = np.clip(((rows["x"] - x0) // cell_size_m).astype(int), 0, width - 1).to_numpy()
+    row = np.clip(((y_top - rows["y"]) // cell_size_m).astype(int), 0, height - 1).to_numpy()
+    first = ~rows["image_id"].duplicated().to_numpy()
+    np.add.at(bands[0], (row[first], col[first]), 1)
+    index = 1
+    for attribute, classes in attributes.items():
+        of_attribute = (rows["attribute"] == attribute).to_numpy()
+        total = np.zeros((height, width))
+        np.add.at(total, (row[of_attribute], col[of_attribute]), 1)
+        for cls in classes:
+            hit = of_attribute & (rows["label"] == cls).to_numpy()
+            np.add.at(bands[index], (row[hit], col[hit]), 1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                bands[index] = np.where(total > 0, bands[index] / total, np.nan)
+            index += 1
+    bands[0][bands[0] == 0] = np.nan
+    path = Path(path)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    profile = dict(driver="GTiff", width=width, height=height, count=len(names), dtype="float32", crs=metric_crs,
+                   transform=from_origin(x0, y_top, cell_size_m, cell_size_m), nodata=float("nan"), compress="deflate")
+    with rasterio.open(partial, "w", **profile) as dst:
+        dst.write(bands.astype(np.float32))
+        dst.update_tags(cell_size_m=f"{cell_size_m:g}", bands=";".join(names),
+                        description="image_count and per-class shares of predicted labels per cell")
+        for number, name in enumerate(names, start=1):
+            dst.set_band_description(number, name)
+            attribute, _, cls = name.partition("=")
+            dst.update_tags(number, attribute=attribute if cls else "", **({"class": cls} if cls else {}))
+    os.replace(partial, path)
+    return path

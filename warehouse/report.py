@@ -1,0 +1,84 @@
+"""The run report ``report.md``: coverage, matching quality, dominant labels, and the outputs.
+
+Plain Markdown, readable as text and rendered by any Markdown viewer (GitHub, QGIS's metadata
+panel does not, a browser extension does). Numbers come from ``audit.duckdb`` through
+``sql/report_*.sql``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Mapping
+
+import duckdb
+
+from warehouse.db import sql
+
+OUTPUT_HELP = {
+    "segments": "GeoParquet 1.1 road segments, one column group per attribute (QGIS with GDAL >= 3.8 + Arrow, DuckDB, geopandas)",
+    "images": "GeoParquet 1.1 image points with their match and labels",
+    "geopackage": "the same two layers (segments, images) as GeoPackage: opens in every QGIS",
+    "styles": "QGIS .qml styles, one per attribute (Layer Properties > Symbology > Style > Load Style)",
+    "raster": "GeoTIFF: band 1 image count per cell, then the share of each attribute class per cell",
+    "map_png": "map picture",
+    "map_html": "interactive map (open in a browser; background tiles load from the web)",
+    "database": "DuckDB database with all tables and the planner views (docs/planner-outputs.md)",
+    "segment_tiles": "segments partitioned by z14 tile (tile=<z>_<x>_<y>/<run>.parquet)",
+    "image_tiles": "images partitioned by z14 tile",
+}
+
+
+def _fmt(value, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}"
+
+
+def write_report(con: duckdb.DuckDBPyConnection, path: str | os.PathLike, *, run_id: str, model_trained: bool | None,
+                 max_distance_m: float, outputs: Mapping[str, str]) -> Path:
+    """Write ``report.md`` for a built audit database; returns its path."""
+    cov = con.execute(sql("report_coverage")).df().iloc[0]
+    labels = con.execute(sql("report_labels")).df()
+    unmatched = con.execute(sql("report_unmatched")).df()
+    share_km = cov["road_km_with_images"] / cov["road_km"] * 100 if cov["road_km"] else 0.0
+    lines = ["# city-audit run report", "", f"- run id: `{run_id}`",
+             f"- written: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", ""]
+    if model_trained is False:
+        lines += ["> **UNTRAINED MODEL.** The labels in this run come from random weights: they test the pipeline",
+                  "> and are not results. Do not use them for decisions.", ""]
+    lines += ["## Coverage", "", "| what | value |", "| --- | --- |",
+              f"| images | {_fmt(int(cov['images']))} |",
+              f"| matched to a road segment (within {max_distance_m:g} m) | {_fmt(int(cov['matched_images']))} |",
+              f"| not matched | {_fmt(int(cov['unmatched_images']))} |",
+              f"| road segments | {_fmt(int(cov['segments']))} |",
+              f"| segments with images | {_fmt(int(cov['segments_with_images']))} |",
+              f"| road length | {_fmt(float(cov['road_km']), 2)} km |",
+              f"| road length with images | {_fmt(float(cov['road_km_with_images']), 2)} km ({share_km:.0f} %) |",
+              "", "## Matching", "",
+              f"- distance image to segment: median {_fmt(cov['median_distance_m'])} m, 90th percentile {_fmt(cov['p90_distance_m'])} m",
+              f"- heading difference (non-panoramic images with a compass angle, {int(cov['matches_with_heading'])}): "
+              f"median {_fmt(cov['median_heading_difference_deg'])} degrees", ""]
+    if len(unmatched):
+        lines += ["| why not matched | images |", "| --- | --- |"]
+        lines += [f"| {r.reason} | {r.images} |" for r in unmatched.itertuples()]
+        lines += [""]
+    lines += ["## Dominant labels", "",
+              "Segments per dominant label; `mean share` is the average share of the segment's images that agree.", ""]
+    for attribute, part in labels.groupby("attribute", sort=False):
+        lines += [f"### {attribute}", "", "| label | segments | km | mean share | images |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {r.label} | {r.segments} | {r.road_km:.2f} | {r.mean_share:.2f} | {int(r.images)} |" for r in part.itertuples()]
+        lines += [""]
+    lines += ["## Outputs", "", "| file | what |", "| --- | --- |"]
+    for name, target in outputs.items():
+        lines.append(f"| `{Path(target).name}` | {OUTPUT_HELP.get(name, name)} |")
+    lines += ["", "How to open each output in QGIS and DuckDB: `docs/planner-outputs.md`.", ""]
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(partial, path)
+    return path

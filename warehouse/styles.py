@@ -1,0 +1,103 @@
+"""QGIS layer styles (``.qml``): categorised rendering of ``<attribute>_label`` on road segments.
+
+One file per attribute, ``styles/<attribute>.qml``. In QGIS: Layer Properties → Symbology →
+Style → Load Style… and pick the file (or drag it onto the layer). Each class gets a fixed colour
+(the same ones the PNG and HTML maps use); segments without images fall in a grey catch-all.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Mapping, Sequence
+
+#: Colour-blind-safe qualitative palette (Okabe & Ito 2008), assigned to classes in schema order.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+NO_DATA_COLOUR = "#B0B0B0"
+
+
+def class_colours(classes: Sequence[str]) -> dict[str, str]:
+    """``{class: "#rrggbb"}`` in class order; the same class always gets the same colour."""
+    return {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(classes)}
+
+
+def _rgba(hex_colour: str) -> str:
+    value = hex_colour.lstrip("#")
+    return ",".join(str(int(value[i:i + 2], 16)) for i in (0, 2, 4)) + ",255"
+
+
+def _line_symbol(name: str, colour: str, width_mm: float) -> ET.Element:
+    symbol = ET.Element("symbol", type="line", name=name, alpha="1", clip_to_extent="1", force_rhr="0")
+    layer = ET.SubElement(symbol, "layer", {"class": "SimpleLine", "enabled": "1", "locked": "0", "pass": "0"})
+    options = {"line_color": _rgba(colour), "line_width": f"{width_mm:g}", "line_width_unit": "MM",
+               "capstyle": "round", "joinstyle": "round", "line_style": "solid"}
+    option_map = ET.SubElement(layer, "Option", type="Map")  # QGIS >= 3.26 reads these
+    for key, value in options.items():
+        ET.SubElement(option_map, "Option", type="QString", name=key, value=value)
+    for key, value in options.items():  # older QGIS reads these
+        ET.SubElement(layer, "prop", k=key, v=value)
+    return symbol
+
+
+def categorised_style(attribute: str, classes: Sequence[str]) -> str:
+    """QML text of a categorised line renderer on ``<attribute>_label`` with one category per class."""
+    root = ET.Element("qgis", version="3.22.0", styleCategories="Symbology")
+    renderer = ET.SubElement(root, "renderer-v2", type="categorizedSymbol", attr=f"{attribute}_label",
+                             symbollevels="0", enableorderby="0", forceraster="0", referencescale="-1")
+    categories = ET.SubElement(renderer, "categories")
+    symbols = ET.SubElement(renderer, "symbols")
+    colours = class_colours(classes)
+    for index, cls in enumerate(classes):
+        ET.SubElement(categories, "category", symbol=str(index), value=cls, label=cls.replace("_", " "), render="true")
+        symbols.append(_line_symbol(str(index), colours[cls], 1.2))
+    ET.SubElement(categories, "category", symbol=str(len(classes)), value="", label="no images", render="true")
+    symbols.append(_line_symbol(str(len(classes)), NO_DATA_COLOUR, 0.5))
+    source = ET.SubElement(renderer, "source-symbol")
+    source.append(_line_symbol("0", NO_DATA_COLOUR, 0.5))
+    ET.indent(root)
+    return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_styles(folder: str | os.PathLike, attributes: Mapping[str, Sequence[str]]) -> dict[str, Path]:
+    """Write ``<folder>/<attribute>.qml`` for every attribute (``{attribute: classes}``); returns the paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for attribute, classes in attributes.items():
+        path = folder / f"{attribute}.qml"
+        path.write_text(categorised_style(attribute, classes), encoding="utf-8")
+        paths[attribute] = path
+    return paths
+
+
+LAYER_STYLES_DDL = """
+CREATE TABLE IF NOT EXISTS layer_styles (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, f_table_catalog TEXT(256), f_table_schema TEXT(256),
+    f_table_name TEXT(256), f_geometry_column TEXT(256), styleName TEXT(30), styleQML TEXT, styleSLD TEXT,
+    useAsDefault BOOLEAN, description TEXT, owner TEXT(30), ui TEXT(30), update_time DATETIME DEFAULT CURRENT_TIMESTAMP
+)"""
+
+
+def embed_styles_in_geopackage(path: str | os.PathLike, layer: str, attributes: Mapping[str, Sequence[str]],
+                               default: str, geometry_column: str = "geom") -> int:
+    """Store one style per attribute in the GeoPackage's ``layer_styles`` table (QGIS's own schema).
+
+    QGIS applies the ``default`` attribute's style when the layer is opened; the others are listed
+    under Layer Properties → Symbology → Style → Load Style → From database. Returns the count.
+    """
+    import sqlite3
+
+    with sqlite3.connect(path) as db:  # one transaction: all styles or none
+        db.execute(LAYER_STYLES_DDL)
+        db.execute("""INSERT INTO gpkg_contents (table_name, data_type, identifier, description)
+                      SELECT 'layer_styles', 'attributes', 'layer_styles', 'QGIS layer styles'
+                      WHERE NOT EXISTS (SELECT 1 FROM gpkg_contents WHERE table_name = 'layer_styles')""")
+        db.execute("DELETE FROM layer_styles WHERE f_table_name = ?", (layer,))
+        db.executemany(
+            """INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, f_geometry_column, styleName,
+                                         styleQML, styleSLD, useAsDefault, description, owner, ui)
+               VALUES ('', '', ?, ?, ?, ?, '', ?, ?, 'city-audit', '')""",
+            [(layer, geometry_column, attribute, categorised_style(attribute, classes), int(attribute == default),
+              f"dominant {attribute.replace('_', ' ')} per segment") for attribute, classes in attributes.items()])
+    return len(attributes)
