@@ -16,8 +16,8 @@ from tests.fake_mapillary.fixtures import FAST, TOKEN, city, city_bbox, fake, ml
 
 pytestmark = pytest.mark.integration
 CLI_OPTIONS = [f"-m{k}={v}" for k, v in FAST.items()]
-# Below 64 images the classify stage decodes in-process; with more it forks DataLoader workers, which
-# intermittently die (exit code 1) inside a flow run - a classify issue reported separately.
+# Fewer than the city's 90 images, to exercise --max-images; and below 64, where classify decodes
+# in-process instead of starting DataLoader workers, which keeps this test quick.
 MAX_IMAGES = 60
 
 
