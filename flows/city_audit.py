@@ -23,6 +23,7 @@ from classify.stage import UNTRAINED_WARNING, classify_image_store
 from geo.bbox import DEFAULT_MAX_AREA_KM2, BBox, parse_bbox
 from geo.imagery import ImageCollection, collect_images, make_source
 from geo.roads import ROADS_ATTRIBUTION, load_road_segments
+from flows.tiled import collect_tiled
 from warehouse.build import DEFAULT_HEADING_PENALTY_M, DEFAULT_MAX_DISTANCE_M, AuditCounts, build_audit_database
 from warehouse.manifest import write_manifest
 from warehouse.publish import publish_run
@@ -39,6 +40,15 @@ def validate_bbox(bbox: str | list[float], max_area_km2: float | None) -> BBox:
 @stage(name="collect images")
 def collect(bbox: BBox, source: str, images: str | None, store: Path, max_images: int | None) -> ImageCollection:
     return collect_images(make_source(source, images), bbox, store, max_images=max_images)
+
+
+def collect_any(bbox: BBox, source: str, images: str | None, store: Path, work: Path, max_images: int | None,
+                options: dict | None) -> ImageCollection:
+    """Tiled sources (mapillary) get one task per tile; the others one collect task."""
+    imagery = make_source(source, images, options=options)
+    if hasattr(imagery, "tiles"):
+        return collect_tiled(imagery, bbox, store, work, max_images)
+    return collect(bbox, source, images, store, max_images)
 
 
 @stage(name="load road segments")
@@ -99,13 +109,15 @@ def city_audit(
     slice_by_year: bool = False,
     partition_by_tile: bool = False,
     cell_size_m: float = DEFAULT_CELL_SIZE_M,
+    mapillary: dict | None = None,
 ) -> dict:
     """Audit the streets in ``bbox``.
 
     bbox: "minlon,minlat,maxlon,maxlat" or [minlon, minlat, maxlon, maxlat] (WGS84).
-    source: "sample" (bundled Stuttgart area) or "folder" (with ``images`` = a folder holding
-    images.parquet/images.csv). roads: "sample", a local OSM extract (.osm.pbf; road_classes: highway
-    values to keep, max_segment_length_m: split longer segments) or a vector file of road lines.
+    source: "sample" (bundled Stuttgart area), "folder" (with ``images`` = a folder holding
+    images.parquet/images.csv) or "mapillary" (Mapillary API v4, docs/mapillary.md). roads: "sample",
+    a local OSM extract (.osm.pbf; road_classes: highway values to keep, max_segment_length_m: split
+    longer segments) or a vector file of road lines.
     heading_penalty_m: how much further a road across the camera's heading counts when matching.
     slice_by_year: also aggregate per capture year. partition_by_tile: also write z14-tile
     partitioned GeoParquet. cell_size_m: coverage GeoTIFF cell size. model: "vit-b16"
@@ -116,7 +128,9 @@ def city_audit(
     JPEGs on the GPU. adapt: "microclip" or "fair" (FAIR-style, reconstructed) adapts
     ``adapt_attributes`` (default all 8) to this run's own images before classifying (unsupervised
     self-training; ``adapt_options`` override ``classify.adapt.AdaptConfig``) and predicts those
-    attributes with the adapted heads, recording the method. Returns the run summary.
+    attributes with the adapted heads, recording the method. mapillary: options of source
+    "mapillary" (fields of ``geo.mapillary.MapillaryOptions``; never the token, which comes from
+    MAPILLARY_ACCESS_TOKEN or the Secret block named by ``token_secret``). Returns the run summary.
     """
     logger = get_run_logger()
     parameters = dict(bbox=bbox, source=source, images=images, roads=roads, model=model, weights=weights, out=out,
@@ -125,7 +139,8 @@ def city_audit(
                       device_decode=device_decode, adapt=adapt, adapt_attributes=adapt_attributes,
                       adapt_options=adapt_options, road_classes=road_classes,
                       max_segment_length_m=max_segment_length_m, heading_penalty_m=heading_penalty_m,
-                      slice_by_year=slice_by_year, partition_by_tile=partition_by_tile, cell_size_m=cell_size_m)
+                      slice_by_year=slice_by_year, partition_by_tile=partition_by_tile, cell_size_m=cell_size_m,
+                      mapillary=mapillary)
     run_id = str(flow_run.id or uuid.uuid4())
     out_dir = Path(out).expanduser().resolve()
     store, work = out_dir / "images", out_dir / "work"
@@ -140,7 +155,7 @@ def city_audit(
     area = timed("validate_bbox", validate_bbox, bbox, max_area_km2)
     parameters["bbox"] = area.as_list()
     out_dir.mkdir(parents=True, exist_ok=True)
-    collection = timed("collect_images", collect, area, source, images, store, max_images)
+    collection = timed("collect_images", collect_any, area, source, images, store, work, max_images, mapillary)
     segments = timed("load_road_segments", road_segments, area, roads, road_classes, max_segment_length_m)
     adaptation = None
     if adapt:

@@ -6,6 +6,7 @@
     city-audit evaluate --attribute weather --data GSS_ROOT --heads outputs/heads --out outputs/eval
     city-audit adapt --method microclip --images outputs/sample --attribute weather --out outputs/adapted
     city-audit run ... --adapt fair  # adapt on the run's own images first, then predict with the adapted heads
+    city-audit run --bbox 9.16,48.76,9.18,48.78 --source mapillary -m min_spacing_m=5   # needs MAPILLARY_ACCESS_TOKEN
     city-audit serve                 # serve the flow as deployment city-audit/local
     city-audit models                # list the registered backbones
 """
@@ -29,6 +30,20 @@ def _run(args: argparse.Namespace) -> int:
     except BBoxError as exc:
         print(f"city-audit: error: {exc}", file=sys.stderr)
         return 2
+    mapillary = None
+    if args.source == "mapillary":
+        from geo.mapillary import MapillaryError, MapillarySource
+        from geo.mapillary.options import parse_options
+
+        try:  # bad options or no token: say so before Prefect starts
+            mapillary = parse_options(args.mapillary)
+            MapillarySource(mapillary).check_token()
+        except MapillaryError as exc:
+            print(f"city-audit: error: {exc}", file=sys.stderr)
+            return 2
+    elif args.mapillary:
+        print("city-audit: error: --mapillary options need --source mapillary", file=sys.stderr)
+        return 2
     from flows.city_audit import city_audit
 
     summary = city_audit(bbox=args.bbox, source=args.source, images=args.images, roads=args.roads, model=args.model,
@@ -39,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
                          adapt_attributes=args.adapt_attributes, adapt_options=_adapt_options(args),
                          road_classes=args.road_classes, max_segment_length_m=args.max_segment_length_m,
                          heading_penalty_m=args.heading_penalty_m, slice_by_year=args.by_year,
-                         partition_by_tile=args.tiles, cell_size_m=args.cell_size_m)
+                         partition_by_tile=args.tiles, cell_size_m=args.cell_size_m, mapillary=mapillary)
     print()
     if not summary["model_trained"]:
         print(f"WARNING: model '{args.model}' is UNTRAINED (random weights): the labels are noise, not results.")
@@ -209,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="audit a bounding box (runs the city-audit flow)")
     run.add_argument("--bbox", required=True, help="minlon,minlat,maxlon,maxlat in WGS84, or a JSON list")
-    run.add_argument("--source", default="sample", help="imagery source: sample | folder (default: sample)")
+    run.add_argument("--source", default="sample", help="imagery source: sample | folder | mapillary (default: sample)")
     run.add_argument("--images", help="for --source folder: a folder with images and images.parquet/images.csv")
     run.add_argument("--roads", default="sample",
                      help="'sample', a local OSM extract (.osm.pbf), or a GeoParquet/GeoPackage/GeoJSON of road lines")
@@ -232,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-images", type=int, help="stop after this many images")
     run.add_argument("--max-area-km2", type=float, default=DEFAULT_MAX_AREA_KM2,
                      help=f"refuse larger boxes (default: {DEFAULT_MAX_AREA_KM2:g})")
+    run.add_argument("-m", "--mapillary", action="append", metavar="KEY=VALUE",
+                     help="a Mapillary option, repeatable: discovery=tiles|search, captured_after=2023-01-01, "
+                          "panoramas=yes|no|only, min_spacing_m=5, thumb_size=1024, search_rpm=8000, token_secret=NAME, "
+                          "... (docs/mapillary.md); the token comes from MAPILLARY_ACCESS_TOKEN")
     run.add_argument("--batch-size", type=int, default=32)
     run.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
     run.add_argument("--heads", help="folder of trained head checkpoints (city-audit train); zero-shot for the rest")

@@ -6,8 +6,9 @@ image's bytes onto disk (``fetch``). ``collect_images`` does the rest the same w
 source: skip images already in the store, write to a temporary name, check that the file
 decodes, record its size and sha256, rename, and put every failure in a failures table.
 
-Sources are registered by name in ``SOURCES``: ``sample`` (the bundled Stuttgart area) and
-``folder`` (a local folder with a metadata table).
+Sources are registered by name in ``SOURCES``: ``sample`` (the bundled Stuttgart area),
+``folder`` (a local folder with a metadata table) and ``mapillary`` (Mapillary API v4, see
+``geo.mapillary``; it also offers per-tile steps that the flow maps).
 """
 
 from __future__ import annotations
@@ -112,9 +113,17 @@ def sample_source() -> LocalFolderSource:
     )
 
 
+def mapillary_source(options=None) -> ImagerySource:
+    """Mapillary API v4 (``options``: a dict of ``geo.mapillary.MapillaryOptions`` fields)."""
+    from geo.mapillary import MapillarySource  # imported on use: the other sources need none of its libraries
+
+    return MapillarySource(options)
+
+
 SOURCES: dict[str, Callable[..., ImagerySource]] = {
-    "sample": lambda images=None: sample_source(),
-    "folder": lambda images=None: LocalFolderSource(_require(images, "--images FOLDER for source 'folder'")),
+    "sample": lambda images=None, options=None: sample_source(),
+    "folder": lambda images=None, options=None: LocalFolderSource(_require(images, "--images FOLDER for source 'folder'")),
+    "mapillary": lambda images=None, options=None: mapillary_source(options),
 }
 
 
@@ -124,13 +133,13 @@ def _require(value, what: str):
     return value
 
 
-def make_source(name: str, images: str | os.PathLike | None = None) -> ImagerySource:
-    """Build a registered imagery source by name (``sample``, ``folder``, ...)."""
+def make_source(name: str, images: str | os.PathLike | None = None, options: dict | None = None) -> ImagerySource:
+    """Build a registered imagery source by name (``sample``, ``folder``, ``mapillary``); ``options`` are source-specific."""
     try:
         factory = SOURCES[name]
     except KeyError:
         raise ImagerySourceError(f"unknown imagery source {name!r}; choose from {', '.join(SOURCES)}") from None
-    return factory(images=images)
+    return factory(images=images, options=options)
 
 
 @dataclass

@@ -1,0 +1,96 @@
+"""Discovery through the Graph API bbox search, ``GET /images?bbox=...&fields=...``.
+
+The search has no pagination and refuses boxes of 0.01 degree or more, so an area is cut into
+boxes of ``search_tile_deg`` (0.005 by default), results are deduplicated by id, and a box
+that returns ``search_limit`` results (the answer may be cut off) is split in four and asked
+again, down to ``min_search_tile_deg``. A box that is still full at that size is reported in
+the result's ``saturated`` list, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from geo.bbox import BBox
+from geo.mapillary.client import MapillaryClient
+from geo.mapillary.options import MapillaryOptions, parse_time
+from geo.mapillary.records import SEARCH_FIELDS, graph_record
+
+log = logging.getLogger("geo.mapillary")
+
+
+@dataclass
+class SearchResult:
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)  # image_id -> record
+    requests: int = 0
+    saturated: list[BBox] = field(default_factory=list)  # boxes still at the limit after splitting
+
+
+def split_box(box: BBox, side_deg: float) -> list[BBox]:
+    """Cut ``box`` into a grid of boxes whose sides are at most ``side_deg`` degrees."""
+    nx = max(1, math.ceil((box.max_lon - box.min_lon) / side_deg - 1e-9))
+    ny = max(1, math.ceil((box.max_lat - box.min_lat) / side_deg - 1e-9))
+    dx, dy = (box.max_lon - box.min_lon) / nx, (box.max_lat - box.min_lat) / ny
+    return [BBox(box.min_lon + i * dx, box.min_lat + j * dy,
+                 box.max_lon if i == nx - 1 else box.min_lon + (i + 1) * dx,
+                 box.max_lat if j == ny - 1 else box.min_lat + (j + 1) * dy)
+            for j in range(ny) for i in range(nx)]
+
+
+def quarter(box: BBox) -> list[BBox]:
+    """The four quarters of ``box``."""
+    mid_lon, mid_lat = (box.min_lon + box.max_lon) / 2, (box.min_lat + box.max_lat) / 2
+    return [BBox(box.min_lon, box.min_lat, mid_lon, mid_lat), BBox(mid_lon, box.min_lat, box.max_lon, mid_lat),
+            BBox(box.min_lon, mid_lat, mid_lon, box.max_lat), BBox(mid_lon, mid_lat, box.max_lon, box.max_lat)]
+
+
+def search_params(box: BBox, options: MapillaryOptions) -> dict[str, str]:
+    """Query parameters of one search request: bbox, explicit fields, limit and the server-side filters."""
+    params = {"bbox": ",".join(f"{v:.7f}" for v in box.as_list()), "fields": ",".join(SEARCH_FIELDS),
+              "limit": str(options.search_limit)}
+    if options.captured_after:
+        params["start_captured_at"] = parse_time(options.captured_after).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if options.captured_before:
+        params["end_captured_at"] = parse_time(options.captured_before).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if options.organization_id:
+        params["organization_id"] = str(options.organization_id)
+    if options.panoramas == "only":
+        params["is_pano"] = "true"
+    return params
+
+
+async def search_area(client: MapillaryClient, area: BBox, options: MapillaryOptions) -> SearchResult:
+    """Every image the search returns inside ``area``, deduplicated by id, splitting full boxes."""
+    result = SearchResult()
+
+    async def one(box: BBox) -> None:
+        body = await client.graph("images", search_params(box, options))
+        result.requests += 1
+        data = body.get("data")
+        data = data if isinstance(data, list) else []
+        unplaced = 0
+        for item in data:
+            if isinstance(item, dict):
+                record = graph_record(item)
+                if record["image_id"] is not None and record["lon"] is not None:
+                    result.records.setdefault(record["image_id"], record)
+                else:
+                    unplaced += 1
+        if unplaced:
+            log.info("search box %s: skipped %d results without an id or a position", box, unplaced)
+        if len(data) >= options.search_limit:
+            side_deg = max(box.max_lon - box.min_lon, box.max_lat - box.min_lat)
+            if side_deg / 2 >= options.min_search_tile_deg:
+                log.debug("search box %s returned the limit (%d); splitting it", box, len(data))
+                await asyncio.gather(*(one(part) for part in quarter(box)))
+            else:
+                log.warning("search box %s still returns the limit (%d) at %.5f degrees; it may be incomplete",
+                            box, len(data), side_deg)
+                result.saturated.append(box)
+
+    await asyncio.gather(*(one(box) for box in split_box(area, options.search_tile_deg)))
+    return result

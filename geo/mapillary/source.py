@@ -1,0 +1,222 @@
+"""The ``mapillary`` imagery source: discover per z14 tile, select, download per tile, resume from a manifest.
+
+Three steps, each a plain function usable without Prefect (the flow maps the per-tile ones):
+
+1. ``discover_tile(tile, bbox)``: image records of one tile, from the coverage vector tile or
+   the Graph search; recorded in the manifest, so a rerun does not ask again.
+2. ``select(candidates, bbox)``: filters, thinning along sequences, the maximum count.
+3. ``download_tile(selected rows of one tile, store)``: fresh URLs, verified files, failures.
+
+``ingest`` runs the three for a whole bbox. ``discover``/``fetch`` implement the generic
+``ImagerySource`` protocol of ``geo.imagery`` (one image at a time, slower).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+import pyarrow as pa
+
+from geo.bbox import BBox
+from geo.imagery import ImageCollection
+from geo.mapillary.client import MapillaryClient
+from geo.mapillary.download import download_images, fetch_thumbnail, remove_partials
+from geo.mapillary.errors import InvalidTokenError, MapillaryError, redact
+from geo.mapillary.manifest import Manifest
+from geo.mapillary.options import ATTRIBUTION, MapillaryOptions, resolve_token
+from geo.mapillary.search import search_area
+from geo.mapillary.select import records_frame, select_images
+from geo.mapillary.tiles import covering_tiles, decode_image_layer, parse_tile, tile_box
+from warehouse.schema import IMAGES, conform
+
+log = logging.getLogger("geo.mapillary")
+MANIFEST_NAME = "mapillary-manifest.sqlite"
+FAILURE_COLUMNS = ["item_id", "stage", "reason"]
+
+
+def run_sync(coroutine):
+    """Run a coroutine to completion from synchronous code, also when this thread already runs a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+class MapillarySource:
+    """Mapillary API v4 images for a bbox. ``options``: a ``MapillaryOptions`` or a dict of its fields."""
+
+    name = "mapillary"
+    attribution = ATTRIBUTION
+
+    def __init__(self, options: MapillaryOptions | Mapping[str, Any] | None = None) -> None:
+        self.options = MapillaryOptions.from_mapping(options)
+
+    def with_options(self, **changes: Any) -> MapillarySource:
+        """A copy of this source with some options changed (e.g. ``max_images``)."""
+        return MapillarySource({**self.options.as_dict(), **changes})
+
+    def client(self) -> MapillaryClient:
+        """A new client with the token resolved now (never stored on the source)."""
+        return MapillaryClient(resolve_token(self.options.token_secret), self.options)
+
+    def check_token(self) -> None:
+        """Raise ``MissingTokenError`` now, before any work, when no token is configured."""
+        resolve_token(self.options.token_secret)
+
+    def prepare_store(self, store: str | Path) -> Path:
+        """Make ``store``, delete temporary files of an interrupted run, write ``ATTRIBUTION.txt``; returns the store."""
+        store = Path(store)
+        store.mkdir(parents=True, exist_ok=True)
+        removed = remove_partials(store)
+        if removed:
+            log.info("removed %d unfinished downloads of an interrupted run", removed)
+        partial = store / f".ATTRIBUTION.txt.{os.getpid()}.partial"
+        partial.write_text(f"{ATTRIBUTION}\nLicence: https://creativecommons.org/licenses/by-sa/4.0/\n"
+                           "Each image is by its Mapillary contributor; image ids are the file names.\n")
+        os.replace(partial, store / "ATTRIBUTION.txt")
+        return store
+
+    # 1. discovery ------------------------------------------------------------------------------
+    def tiles(self, bbox: BBox) -> list[str]:
+        """The z14 tiles (``"14/x/y"``) that cover ``bbox``: the unit of work."""
+        return covering_tiles(bbox)
+
+    def query_key(self, tile: str, bbox: BBox) -> str:
+        """Cache key of one tile's discovery: the tile, its part of ``bbox``, the filters and the endpoints."""
+        return self.options.query_key(tile, tile_box(tile, bbox))
+
+    async def discover_tile_async(self, client: MapillaryClient, tile: str, bbox: BBox) -> list[dict[str, Any]]:
+        """Records of the images in ``tile`` ∩ ``bbox`` (before selection), each with a ``tile`` key."""
+        area = tile_box(tile, bbox)
+        if self.options.discovery == "tiles":
+            t = parse_tile(tile)
+            data = await client.tile(self.options.coverage, t.z, t.x, t.y)
+            # filter by the bbox, not the tile: positions are quantised and may sit a hair outside their tile
+            records = [r for r in decode_image_layer(data, tile) if bbox.contains(r["lon"], r["lat"])]
+        else:
+            result = await search_area(client, area, self.options)
+            records = list(result.records.values())
+            if result.saturated:
+                log.warning("tile %s: %d search boxes were still full at the smallest size; some images may be "
+                            "missing there", tile, len(result.saturated))
+        for record in records:
+            record["tile"] = tile
+        return records
+
+    def discover_tile(self, tile: str, bbox: BBox, manifest: Manifest | str | Path | None = None) -> pd.DataFrame:
+        """Candidate records of one tile as a DataFrame; reuses and fills the resume ``manifest`` when given."""
+        manifest = Manifest(manifest) if isinstance(manifest, (str, Path)) else manifest
+        key = self.query_key(tile, bbox)
+        records = manifest.tile_records(tile, key) if manifest is not None else None
+        if records is None:
+            async def run() -> list[dict[str, Any]]:
+                async with self.client() as client:
+                    return await self.discover_tile_async(client, tile, bbox)
+
+            records = run_sync(run())
+            if manifest is not None:
+                manifest.record_tile(tile, key, records)
+        log.info("tile %s: %d images discovered", tile, len(records))
+        return records_frame(records)
+
+    # 2. selection ------------------------------------------------------------------------------
+    def select(self, candidates: pd.DataFrame | list[pd.DataFrame], bbox: BBox | None = None) -> pd.DataFrame:
+        """The images to download, from the candidates of every tile (filters, thinning, maximum count)."""
+        if isinstance(candidates, list):
+            frames = [c for c in candidates if len(c)]
+            candidates = pd.concat(frames, ignore_index=True) if frames else records_frame([])
+        return select_images(candidates, self.options, bbox)
+
+    # 3. download -------------------------------------------------------------------------------
+    def download_tile(self, selected: pd.DataFrame, store: str | Path, manifest: Manifest | str | Path,
+                      progress: bool = True, label: str = "mapillary") -> ImageCollection:
+        """Download the ``selected`` rows (usually one tile's) into ``store``; returns images and failures."""
+        manifest = manifest if isinstance(manifest, Manifest) else Manifest(manifest)
+        columns = list(selected.columns)
+        records = ({k: (None if _missing(v) else v) for k, v in zip(columns, row)}
+                   for row in selected.itertuples(index=False, name=None))  # lazily, one at a time
+
+        async def run():
+            async with self.client() as client:
+                return await download_images(client, records, Path(store), manifest, self.options,
+                                             total=len(selected), progress=progress, label=label)
+
+        _, failures = run_sync(run())
+        return collection(manifest.images_table(selected["image_id"]), failures)
+
+    # everything --------------------------------------------------------------------------------
+    def ingest(self, bbox: BBox, store: str | Path, manifest: str | Path | None = None,
+               progress: bool = True) -> ImageCollection:
+        """Discover, select and download every image for ``bbox`` into ``store`` (resumable), without Prefect.
+
+        ``manifest`` defaults to ``<store>/../work/mapillary-manifest.sqlite``.
+        """
+        store = Path(store)
+        manifest = Manifest(manifest or store.parent / "work" / MANIFEST_NAME)
+        self.check_token()
+        self.prepare_store(store)
+        frames, failures = [], []
+        for tile in self.tiles(bbox):
+            try:
+                frames.append(self.discover_tile(tile, bbox, manifest))
+            except (InvalidTokenError, MapillaryError) as exc:
+                if isinstance(exc, InvalidTokenError):
+                    raise
+                failures.append((f"tile {tile}", "mapillary discover", redact(exc)))
+        selected = self.select(frames, bbox)
+        result = self.download_tile(selected, store, manifest, progress=progress)
+        return ImageCollection(result.images, pd.concat([pd.DataFrame(failures, columns=FAILURE_COLUMNS),
+                                                         result.failures], ignore_index=True))
+
+    # the generic ImagerySource protocol ----------------------------------------------------------
+    def discover(self, bbox: BBox) -> pd.DataFrame:
+        """Selected images in ``bbox`` with an ``origin`` column (``mapillary:<id>``), for ``collect_images``."""
+        self.check_token()
+        frames = [self.discover_tile(tile, bbox) for tile in self.tiles(bbox)]
+        selected = self.select(frames, bbox)
+        selected["source"] = self.name
+        selected["origin"] = "mapillary:" + selected["image_id"].astype(str)
+        return selected
+
+    def fetch(self, image: pd.Series, destination: Path) -> None:
+        """Write the thumbnail of one image (a row of ``discover``) to ``destination``, with a fresh URL."""
+        async def run() -> bytes:
+            async with self.client() as client:
+                data, _, _ = await fetch_thumbnail(client, str(image["image_id"]), self.options)
+                return data
+
+        Path(destination).write_bytes(run_sync(run()))
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def collection(images: pa.Table | pd.DataFrame, failures: list[tuple[str, str, str]]) -> ImageCollection:
+    """An ``ImageCollection`` (images contract, failures table) from fetched images and failure tuples."""
+    if isinstance(images, pd.DataFrame):
+        images = conform(images, IMAGES, what="mapillary images")
+    images = images.to_pandas()
+    return ImageCollection(images.sort_values("image_id", ignore_index=True),
+                           pd.DataFrame(failures, columns=FAILURE_COLUMNS))
+
+
+def merge_collections(parts: list[ImageCollection]) -> ImageCollection:
+    """One collection from per-tile collections (images sorted by id, one row per id)."""
+    images = [p.images for p in parts if len(p.images)]
+    failures = [p.failures for p in parts if len(p.failures)]
+    merged = (pd.concat(images, ignore_index=True).drop_duplicates("image_id").sort_values("image_id", ignore_index=True)
+              if images else collection(pd.DataFrame(), []).images)
+    return ImageCollection(merged, pd.concat(failures, ignore_index=True) if failures
+                           else pd.DataFrame(columns=FAILURE_COLUMNS))
