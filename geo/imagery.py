@@ -154,12 +154,10 @@ def _store_name(image_id: str, origin: str) -> str:
     return f"{stem}{suffix}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
     with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -188,7 +186,7 @@ def collect_images(source: ImagerySource, bbox: BBox, store: Path, *, max_images
         final = store / name
         try:
             expected = image.get("sha256")
-            if not (final.is_file() and (pd.isna(expected) or _sha256(final) == expected)):
+            if not (final.is_file() and (pd.isna(expected) or file_sha256(final) == expected)):
                 partial = final.with_name(f".{name}.partial")
                 partial.unlink(missing_ok=True)
                 source.fetch(image, partial)
@@ -203,7 +201,7 @@ def collect_images(source: ImagerySource, bbox: BBox, store: Path, *, max_images
             failures.append((str(image["image_id"]), "collect", f"{type(exc).__name__}: {exc}"))
             continue
         record = image.drop(labels=["origin"]).to_dict()
-        record.update(path=name, width=width, height=height, sha256=_sha256(final),
+        record.update(path=name, width=width, height=height, sha256=file_sha256(final),
                       fetched_at=datetime.now(timezone.utc))
         kept.append(record)
     images = conform(pd.DataFrame(kept, columns=[*IMAGES.names]), IMAGES, what="collected images").to_pandas()

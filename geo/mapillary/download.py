@@ -60,14 +60,6 @@ def check_image(data: bytes, expected_length: int | None = None) -> tuple[int, i
         raise CorruptImageError(f"truncated or corrupt image ({type(exc).__name__}: {exc})") from None
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_atomically(data: bytes, final: Path) -> str:
     """Write ``data`` to a temporary name beside ``final``, rename it into place; returns the sha256."""
     partial = final.with_name(f".{final.name}{PARTIAL_SUFFIX}")
