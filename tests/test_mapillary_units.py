@@ -233,3 +233,28 @@ def test_manifest_round_trip_keeps_records_with_mixed_timestamp_precision(tmp_pa
     frame = records_frame(manifest.tile_records("14/1/1", "k"))
     assert list(frame["captured_at"]) == [r["captured_at"] for r in records]
     assert manifest.counts() == {"tiles": 1, "discovered": 4, "fetched": 0, "failed": 0}
+
+
+def test_manifest_opened_by_many_tile_tasks_at_once(tmp_path):
+    """Mapped tile tasks open the same new manifest in parallel threads; none may fail with 'locked'."""
+    import threading
+
+    from geo.mapillary.manifest import Manifest
+
+    errors: list[BaseException] = []
+
+    def open_and_record(i: int, path: Path) -> None:
+        try:
+            Manifest(path).record_tile(f"14/{i}/0", "q", [{"image_id": str(i)}])
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    for round_ in range(20):  # each round a fresh file: the race is in creating it and switching to WAL
+        path = tmp_path / f"manifest-{round_}.sqlite"
+        threads = [threading.Thread(target=open_and_record, args=(i, path)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert Manifest(path).counts()["tiles"] == 8
+    assert errors == []

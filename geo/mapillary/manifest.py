@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,6 +64,24 @@ def _json(record: dict[str, Any]) -> str:
     return json.dumps(record, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v))
 
 
+_WAL_SWITCH = threading.Lock()
+
+
+def _switch_to_wal(db: sqlite3.Connection, attempts: int = 100, pause_s: float = 0.05) -> None:
+    """Put the file in WAL mode. SQLite answers 'database is locked' at once, without its busy
+    timeout, when connections race to switch a new file: serialise that within this process and
+    retry briefly against other processes."""
+    for attempt in range(attempts):
+        try:
+            with _WAL_SWITCH:
+                db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(pause_s)
+
+
 class Manifest:
     """The manifest file at ``path`` (created with its folder when missing)."""
 
@@ -79,7 +98,7 @@ class Manifest:
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             self._local.db = db
         return db
