@@ -17,6 +17,9 @@ P = ln_post(z)[:, 1:], width W, not projected. That needs open_clip 3.3.0's
 
 from __future__ import annotations
 
+import abc
+import hashlib
+
 import torch
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
@@ -131,3 +134,45 @@ class AdaptedVisual(nn.Module):
 def expected_layer_norm_count(width: int, n_blocks: int) -> int:
     """2W·(2L+2): weight and bias of ln_pre, ln_post and two LayerNorms per block (methods §3.2)."""
     return 2 * width * (2 * n_blocks + 2)
+
+
+LOGIT_SCALE = 100.0  # the reference's fixed scale for the student logits
+
+
+class AdaptedHead(nn.Module, abc.ABC):
+    """What the microCLIP and FAIR-style heads share: one attribute, its adapted image tower, the
+    method's settings, and the ``classify.heads.Head`` protocol over ``features.pixels``.
+
+    Subclasses set ``method`` and implement ``logits(pixels) -> (B, C)``.
+    """
+
+    method: str
+    needs_pixels = True
+
+    def __init__(self, attribute, visual: AdaptedVisual, n_text_classes: int, config,
+                 logit_scale: float = LOGIT_SCALE):
+        super().__init__()
+        if n_text_classes != len(attribute.classes):
+            raise AdaptationError(f"{attribute.name}: text for {n_text_classes} classes, schema has "
+                                  f"{len(attribute.classes)}")
+        self.attribute, self.config, self.logit_scale = attribute, config, float(logit_scale)
+        self.visual = visual
+
+    @property
+    def head_id(self) -> str:
+        """``<method>:<hash>`` of the weights and settings."""
+        digest = hashlib.sha256(repr(sorted(self.config.to_dict().items())).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return f"{self.method}:{digest.hexdigest()[:12]}"
+
+    @abc.abstractmethod
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Prediction logits (B, C) from normalised pixels (B, 3, S, S)."""
+
+    def forward(self, features) -> torch.Tensor:
+        """Prediction logits (B, C) from ``features.pixels`` (test transform, no crops)."""
+        if features.pixels is None:
+            raise AdaptationError(PIXELS_NEEDED)
+        return self.logits(features.pixels.to(next(self.parameters()).device)).float()

@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from classify.adapted_visual import PIXELS_NEEDED, AdaptationError, AdaptedVisual
-from classify.backbone import Backbone, ImageFeatures
+from classify.adapted_visual import LOGIT_SCALE, AdaptationError, AdaptedHead, AdaptedVisual
+from classify.backbone import Backbone
 from classify.descriptions import ClassText, class_text
-from classify.microclip import LOGIT_SCALE, RunningMean, _digest, fairness_loss
+from classify.microclip import RunningMean, fairness_loss
 from classify.schema import Attribute
 
 DISPLAY_NAME = "FAIR-style (reconstructed)"
@@ -98,28 +98,17 @@ AMBIGUITY_WEIGHTS = {
 }
 
 
-class FairHead(nn.Module):
+class FairHead(AdaptedHead):
     """One attribute's FAIR-style (reconstructed) model; a ``Head`` that reads ``features.pixels``."""
 
     method = "fair"
-    needs_pixels = True
 
     def __init__(self, attribute: Attribute, visual: AdaptedVisual, text: ClassText,
                  config: FairConfig = FairConfig(), logit_scale: float = LOGIT_SCALE):
-        super().__init__()
-        if text.descriptions.shape[0] != len(attribute.classes):
-            raise AdaptationError(f"{attribute.name}: text for {text.descriptions.shape[0]} classes, schema has "
-                                  f"{len(attribute.classes)}")
-        self.attribute, self.config, self.logit_scale = attribute, config, float(logit_scale)
-        self.visual = visual
+        super().__init__(attribute, visual, text.descriptions.shape[0], config, logit_scale)
         self.anchors = nn.Parameter(text.descriptions.clone().float())  # CDA, (C, M, E)
         self.register_buffer("anchor_mask", text.mask.clone())
         self.register_buffer("handcrafted", text.handcrafted.clone().float())
-
-    @property
-    def head_id(self) -> str:
-        """``fair:<hash>`` of the weights and settings."""
-        return "fair:" + _digest(self, self.config.to_dict())
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Visual LayerNorms and the class description anchors."""
@@ -147,12 +136,6 @@ class FairHead(nn.Module):
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """κ·cos(CLS, Ā) (B, C): the student and the cheap prediction path."""
         return self.logit_scale * self.encode_cls(pixels) @ self.class_anchors().T
-
-    def forward(self, features: ImageFeatures) -> torch.Tensor:
-        """Prediction logits (B, C) from ``features.pixels`` (test transform, cheap path)."""
-        if features.pixels is None:
-            raise AdaptationError(PIXELS_NEEDED)
-        return self.logits(features.pixels.to(self.anchors.device)).float()
 
     @torch.no_grad()
     def teacher(self, weak: torch.Tensor, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

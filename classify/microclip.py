@@ -20,19 +20,17 @@ keys (MC-P17), no unused zero-shot copy (MC-P18), a prior-matched fairness optio
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from classify.adapted_visual import PIXELS_NEEDED, AdaptationError, AdaptedVisual
-from classify.backbone import Backbone, ImageFeatures
+from classify.adapted_visual import LOGIT_SCALE, AdaptationError, AdaptedHead, AdaptedVisual
+from classify.backbone import Backbone
 from classify.descriptions import ClassText, class_text
 from classify.schema import Attribute
 
-LOGIT_SCALE = 100.0  # the reference's fixed scale for the student logits
 
 
 @dataclass(frozen=True)
@@ -168,29 +166,18 @@ class RunningMean:
         return self.value
 
 
-class MicroCLIPHead(nn.Module):
+class MicroCLIPHead(AdaptedHead):
     """One attribute's adapted microCLIP model; satisfies ``classify.heads.Head`` (reads ``features.pixels``)."""
 
     method = "microclip"
-    needs_pixels = True
 
     def __init__(self, attribute: Attribute, visual: AdaptedVisual, text: ClassText,
                  config: MicroCLIPConfig = MicroCLIPConfig(), logit_scale: float = LOGIT_SCALE):
-        super().__init__()
-        if text.prior.shape[0] != len(attribute.classes):
-            raise AdaptationError(f"{attribute.name}: text for {text.prior.shape[0]} classes, schema has "
-                                  f"{len(attribute.classes)}")
-        self.attribute, self.config, self.logit_scale = attribute, config, float(logit_scale)
-        self.visual = visual
+        super().__init__(attribute, visual, text.prior.shape[0], config, logit_scale)
         self.soap = SOAP(visual.width, learnable_null=config.null_token == "learnable")
         self.classifier = nn.Parameter(text.cupl.clone().float())  # W*_LLM, initialised from the descriptions
         self.register_buffer("prior", text.prior.clone().float())  # W_LLM, frozen
         self.register_buffer("label_prior", torch.full((len(attribute.classes),), 1.0 / len(attribute.classes)))
-
-    @property
-    def head_id(self) -> str:
-        """``microclip:<hash>`` of the weights and settings."""
-        return "microclip:" + _digest(self, self.config.to_dict())
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Visual LayerNorms, Q/K/V_proj (+ null token if learnable) and the learnable head."""
@@ -220,12 +207,6 @@ class MicroCLIPHead(nn.Module):
         composite = crop_composite(crop_cls, cls, self.config.crop_temperature)
         return aggregate_knowledge(composite @ self.prior.T, dynamic, self.config.gamma)
 
-    def forward(self, features: ImageFeatures) -> torch.Tensor:
-        """Prediction logits (B, C) from ``features.pixels`` (test transform, no crops, §3.5)."""
-        if features.pixels is None:
-            raise AdaptationError(PIXELS_NEEDED)
-        return self.logits(features.pixels.to(self.classifier.device)).float()
-
 
 def microclip_loss(head: MicroCLIPHead, weak: torch.Tensor, strong: torch.Tensor, crops: torch.Tensor,
                    running: RunningMean) -> tuple[torch.Tensor, dict]:
@@ -241,14 +222,6 @@ def microclip_loss(head: MicroCLIPHead, weak: torch.Tensor, strong: torch.Tensor
     fair = fairness_loss(mean_probs, prior)
     loss = head.config.ce_weight * ce + head.config.fairness_weight * fair
     return loss, {"ce": float(ce.detach()), "fairness": float(fair.detach()), "pseudo_labels": pseudo.cpu()}
-
-
-def _digest(module: nn.Module, settings: dict) -> str:
-    digest = hashlib.sha256(repr(sorted(settings.items())).encode())
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:12]
 
 
 def build_microclip_head(backbone: Backbone, attribute: Attribute, config: MicroCLIPConfig = MicroCLIPConfig(),
