@@ -92,16 +92,6 @@ def images_frame(con: duckdb.DuckDBPyConnection, attributes: Sequence[str]) -> g
     return gpd.GeoDataFrame(wide.drop(columns="wkb"), geometry=gpd.GeoSeries.from_wkb(wide["wkb"].map(bytes)), crs="EPSG:4326")
 
 
-def export_segments(con: duckdb.DuckDBPyConnection, path: str | os.PathLike, attributes: Sequence[str]) -> Path:
-    """Write ``segments.parquet`` from a built audit database."""
-    return write_geoparquet(segments_frame(con, attributes), path)
-
-
-def export_images(con: duckdb.DuckDBPyConnection, path: str | os.PathLike, attributes: Sequence[str]) -> Path:
-    """Write ``images.parquet`` from a built audit database."""
-    return write_geoparquet(images_frame(con, attributes), path)
-
-
 def tile_keys(frame: gpd.GeoDataFrame, zoom: int = TILE_ZOOM) -> pd.Series:
     """The web-mercator tile ``<zoom>_<x>_<y>`` holding each feature's midpoint (points: the point).
 
@@ -135,19 +125,15 @@ def write_tiles(frame: gpd.GeoDataFrame, folder: str | os.PathLike, part_name: s
     return written
 
 
-def export_run(database: str | os.PathLike, out: str | os.PathLike, attributes: Sequence[str], *,
+def export_run(segments: gpd.GeoDataFrame, images: gpd.GeoDataFrame, out: str | os.PathLike, *,
                geopackage: bool = True, tiles_part: str | None = None) -> dict[str, str]:
-    """Write ``segments.parquet``, ``images.parquet`` and (``geopackage``) ``segments.gpkg`` into ``out``.
+    """Write ``segments.parquet``, ``images.parquet`` and (``geopackage``) ``segments.gpkg`` into ``out``
+    from the frames of ``segments_frame`` and ``images_frame``.
 
     With ``tiles_part`` also ``tiles/segments/tile=*/<tiles_part>.parquet`` and the same for images.
     Returns the written paths by name.
     """
-    from warehouse.db import connect
-
     out = Path(out)
-    with connect(database, read_only=True) as con:
-        segments = segments_frame(con, attributes)
-        images = images_frame(con, attributes)
     outputs = {"segments": str(write_geoparquet(segments, out / "segments.parquet")),
                "images": str(write_geoparquet(images, out / "images.parquet"))}
     if geopackage:

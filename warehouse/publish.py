@@ -33,13 +33,13 @@ def publish_run(database: str | os.PathLike, out: str | os.PathLike, attributes:
     out = Path(out)
     if map_attribute not in attributes:
         map_attribute = next(iter(attributes))
-    outputs = export_run(database, out, list(attributes), tiles_part=run_id if partition_by_tile else None)
-    outputs["styles"] = str(out / "styles")
-    write_styles(out / "styles", attributes)
-    embed_styles_in_geopackage(outputs["geopackage"], "segments", attributes, default=map_attribute)
     warning = " (UNTRAINED MODEL: labels are noise)" if model_trained is False else ""
     with connect(database, read_only=True) as con:
         segments, images = segments_frame(con, list(attributes)), images_frame(con, list(attributes))
+        outputs = export_run(segments, images, out, tiles_part=run_id if partition_by_tile else None)
+        outputs["styles"] = str(out / "styles")
+        write_styles(out / "styles", attributes)
+        embed_styles_in_geopackage(outputs["geopackage"], "segments", attributes, default=map_attribute)
         outputs["raster"] = str(write_coverage_raster(con, out / "coverage.tif", attributes, metric_crs, cell_size_m))
         outputs["map_png"] = str(write_map_png(segments, images, out / "map.png", map_attribute, attributes[map_attribute],
                                                metric_crs, title=f"Dominant {map_attribute.replace('_', ' ')} per road segment{warning}"))
