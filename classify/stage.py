@@ -52,8 +52,8 @@ def classify_image_store(images: pd.DataFrame, store: Path, *, model: str = "vit
                          device_decode: bool = False, progress: bool = True) -> ClassificationResult:
     """Predict all 8 attributes for each image (``path`` relative to ``store``).
 
-    ``heads``: a folder of MHAdapter checkpoints (``<attribute>.json`` + ``.safetensors``);
-    attributes without one use zero-shot heads. With ``cache_dir``, predictions are written
+    ``heads``: a folder of head checkpoints (``<attribute>.json`` + ``.safetensors``; MHAdapter,
+    microCLIP or FAIR-style); attributes without one use zero-shot heads. With ``cache_dir``, predictions are written
     there and reused when the model, the heads and the images (ids and sha256) are unchanged.
     ``feature_cache``: a folder keeping backbone outputs per image, so other heads can re-run
     without the backbone. ``device_decode``: decode JPEGs on the device (nvJPEG on CUDA).
