@@ -129,10 +129,11 @@ def run_geopandas(workdir: str, max_distance_m: float, metric_crs: str) -> dict:
 def run_pipeline_sql(workdir: str, max_distance_m: float, metric_crs: str) -> dict:
     """The pipeline's heading-aware warehouse/sql/match_images.sql on lon/lat tables (projection included)."""
     from warehouse.build import DEFAULT_BEARING_WINDOW_M, DEFAULT_HEADING_PENALTY_M
+    from contracts.tables import ddl
     from warehouse.db import connect, sql
 
     con = connect()
-    con.execute(sql("schema"))
+    con.execute(ddl())
     con.execute("""INSERT INTO segments (segment_id, geometry)
                    SELECT id::VARCHAR, ST_GeomFromWKB(wkb_lonlat) FROM read_parquet($p)""", {"p": f"{workdir}/segments.parquet"})
     con.execute("""INSERT INTO images (image_id, compass_angle, is_pano, lon, lat, geometry)

@@ -25,8 +25,10 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 from torch.func import functional_call
 
+from contracts.errors import CityAuditError
 
-class AdaptationError(ValueError):
+
+class AdaptationError(CityAuditError, ValueError):
     """Unsupervised adaptation cannot run: an unsupported backbone, no images, a bad option."""
 
 

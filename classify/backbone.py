@@ -21,6 +21,8 @@ from pathlib import Path
 import open_clip
 import torch
 
+from contracts.errors import CityAuditError
+
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 WEIGHTS_ENV = "CITY_AUDIT_WEIGHTS"
 TINY_SEED = 0
@@ -28,7 +30,7 @@ TINY_SEED = 0
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
-class BackboneError(RuntimeError):
+class BackboneError(CityAuditError, RuntimeError):
     """The backbone could not be built: unknown name, unreachable or unusable weights."""
 
 

@@ -24,6 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from contracts.errors import CityAuditError
 from classify.backbone import Backbone
 from classify.heads import zero_shot_heads
 from classify.mhadapter import AdapterConfig, MHAdapterHead
@@ -33,7 +34,7 @@ FORMAT = "city-audit-head/1"
 TRAIN_STATE_FORMAT = "city-audit-train-state/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CityAuditError, ValueError):
     """A checkpoint that cannot be used here: unreadable, corrupt, or made for another backbone/class list."""
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from contracts.errors import CityAuditError
 from classify.backbone import Backbone
 from classify.schema import Attribute
 
@@ -43,7 +44,7 @@ CONTEXT_LENGTH = 77  # CLIP's text context, start and end tokens included
 log = logging.getLogger(__name__)
 
 
-class DescriptionError(ValueError):
+class DescriptionError(CityAuditError, ValueError):
     """A description file that does not fit the schema: wrong keys, an empty class, not a JSON object."""
 
 

@@ -24,13 +24,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from contracts.errors import CityAuditError
 from classify.schema import Attribute, UnknownLabelError
 
 SPLITS = ("train", "test")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
-class LabelFileError(ValueError):
+class LabelFileError(CityAuditError, ValueError):
     """A label file that cannot be used: missing, without the needed columns, or with an unknown label."""
 
 

@@ -20,13 +20,14 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from contracts.errors import CityAuditError
 from classify.backbone import Backbone, ImageFeatures
 from classify.schema import Attribute
 
 BOTTLENECK = 256  # a constant of the reference adapter
 
 
-class AdapterConfigError(ValueError):
+class AdapterConfigError(CityAuditError, ValueError):
     """Adapter hyperparameters that cannot build a valid head (e.g. E not divisible by heads)."""
 
 

@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
+from contracts.errors import CityAuditError
+
 _POSITIVE = ("yes", "true", "1")
 _NEGATIVE = ("no", "false", "0")
 
 
-class UnknownLabelError(ValueError):
+class UnknownLabelError(CityAuditError, ValueError):
     """A label value that is not one of an attribute's classes (or their known aliases)."""
 
 

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from tqdm.auto import tqdm
 
+from contracts.errors import CityAuditError
 from classify.backbone import Backbone, ImageFeatures
 from classify.checkpoints import CheckpointError, load_train_state, save_head, save_train_state
 from classify.features import FeatureCache, encode_files
@@ -52,7 +53,7 @@ REFERENCE_ADAPTERS: dict[str, AdapterConfig] = {
 assert set(REFERENCE_ADAPTERS) == set(ATTRIBUTES)
 
 
-class TrainingError(ValueError):
+class TrainingError(CityAuditError, ValueError):
     """Training cannot start or continue: too few labels, a bad option, a mismatching resume state."""
 
 

@@ -14,13 +14,15 @@ from typing import Sequence
 
 from pyproj import Geod
 
+from contracts.errors import CityAuditError
+
 #: Largest area accepted by default; a whole large city fits, a country does not.
 DEFAULT_MAX_AREA_KM2 = 2_500.0
 _GEOD = Geod(ellps="WGS84")
 _FORM = "give it as minlon,minlat,maxlon,maxlat in WGS84 degrees, e.g. 9.16,48.76,9.18,48.78"
 
 
-class BBoxError(ValueError):
+class BBoxError(CityAuditError, ValueError):
     """A bounding box that cannot be used, with the reason and the fix in the message."""
 
 

@@ -26,15 +26,17 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from contracts.errors import CityAuditError
 from geo.bbox import BBox
-from warehouse.schema import IMAGES, IMAGES_REQUIRED, ContractError, conform
+from contracts.results import ImageCollection
+from contracts.tables import IMAGES, IMAGES_REQUIRED, ContractError, conform, failures_frame
 
 SAMPLE_AREA = Path(__file__).parent / "sample_area" / "stuttgart"
 METADATA_NAMES = ("images.parquet", "images.csv")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
-class ImagerySourceError(RuntimeError):
+class ImagerySourceError(CityAuditError, RuntimeError):
     """A source that cannot be used (missing folder or metadata, unknown source name)."""
 
 
@@ -142,12 +144,6 @@ def make_source(name: str, images: str | os.PathLike | None = None, options: dic
     return factory(images=images, options=options)
 
 
-@dataclass
-class ImageCollection:
-    images: pd.DataFrame  # the images contract, one row per image now in the store
-    failures: pd.DataFrame  # item_id, stage, reason
-
-
 def _store_name(image_id: str, origin: str) -> str:
     stem = image_id if _SAFE_ID.match(image_id) else hashlib.sha256(image_id.encode()).hexdigest()[:32]
     suffix = Path(origin).suffix.lower() or ".jpg"
@@ -205,4 +201,4 @@ def collect_images(source: ImagerySource, bbox: BBox, store: Path, *, max_images
                       fetched_at=datetime.now(timezone.utc))
         kept.append(record)
     images = conform(pd.DataFrame(kept, columns=[*IMAGES.names]), IMAGES, what="collected images").to_pandas()
-    return ImageCollection(images, pd.DataFrame(failures, columns=["item_id", "stage", "reason"]))
+    return ImageCollection(images, failures_frame(failures))

@@ -16,8 +16,9 @@ from typing import Sequence
 import geopandas as gpd
 import pandas as pd
 
+from contracts.errors import CityAuditError
 from geo.bbox import BBox
-from warehouse.db import connect
+from contracts.spatial import connect
 
 SQL_DIR = Path(__file__).parent / "sql"
 
@@ -30,7 +31,7 @@ DEFAULT_ROAD_CLASSES: tuple[str, ...] = (
 DEFAULT_MAX_SEGMENT_LENGTH_M = 100.0
 
 
-class OSMReadError(RuntimeError):
+class OSMReadError(CityAuditError, RuntimeError):
     """A PBF that cannot be read, or options that cannot be used with it."""
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 from pyproj import Geod
 from shapely.geometry import box
 
+from contracts.errors import CityAuditError
 from geo.bbox import BBox
 from geo.imagery import SAMPLE_AREA
 from geo.osm import DEFAULT_MAX_SEGMENT_LENGTH_M, DEFAULT_ROAD_CLASSES, is_osm_pbf, read_osm_road_segments
@@ -26,7 +27,7 @@ SAMPLE_ROADS = SAMPLE_AREA / "roads.parquet"
 ROADS_ATTRIBUTION = {"sample": "roads © OpenStreetMap contributors, ODbL 1.0"}
 
 
-class RoadSourceError(RuntimeError):
+class RoadSourceError(CityAuditError, RuntimeError):
     """Roads that cannot be read or have no line geometry."""
 
 

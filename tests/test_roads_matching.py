@@ -18,7 +18,7 @@ from shapely.geometry import LineString
 
 from warehouse.build import build_audit_database
 from warehouse.db import connect
-from warehouse.schema import IMAGES, conform, empty_failures
+from contracts.tables import IMAGES, conform, empty_failures
 
 METRIC_CRS = "EPSG:32632"
 TO_M = Transformer.from_crs("EPSG:4326", METRIC_CRS, always_xy=True)

@@ -12,7 +12,7 @@ from shapely.geometry import LineString
 from classify.predict import PREDICTION_SCHEMA
 from warehouse.build import WILSON_Z_95, build_audit_database
 from warehouse.db import connect, spatial_extension_path
-from warehouse.schema import IMAGES, conform, empty_failures
+from contracts.tables import IMAGES, conform, empty_failures
 
 UTM = "EPSG:32632"
 to_utm = Transformer.from_crs("EPSG:4326", UTM, always_xy=True)

@@ -17,6 +17,7 @@ import geopandas as gpd
 import pandas as pd
 import pyarrow as pa
 
+from contracts.tables import ddl
 from warehouse.db import connect, sql
 
 DEFAULT_MAX_DISTANCE_M = 25.0
@@ -85,7 +86,7 @@ def build_audit_database(database: str | os.PathLike, *, images: pd.DataFrame, s
     database.unlink(missing_ok=True)
     Path(f"{database}.wal").unlink(missing_ok=True)
     with connect(database) as con:
-        con.execute(sql("schema"))
+        con.execute(ddl())
         _load_images(con, images)
         _load_segments(con, segments)
         _load_table(con, "predictions", predictions.append_column("run_id", pa.array([run_id] * predictions.num_rows, pa.string())))

@@ -24,11 +24,13 @@ import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
+from contracts.errors import CityAuditError
+
 DEFAULT_CELL_SIZE_M = 50.0
 MAX_CELLS = 25_000_000
 
 
-class RasterTooLargeError(ValueError):
+class RasterTooLargeError(CityAuditError, ValueError):
     """The grid would have too many cells for the chosen cell size."""
 
 

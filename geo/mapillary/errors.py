@@ -12,6 +12,8 @@ import re
 import threading
 from urllib.parse import quote, quote_plus
 
+from contracts.errors import CityAuditError
+
 TOKEN_HELP = ("get a client token at https://www.mapillary.com/dashboard/developers and set MAPILLARY_ACCESS_TOKEN "
               "(or store it in a Prefect Secret block and pass its name as token_secret)")
 
@@ -57,7 +59,7 @@ def install_log_redaction() -> None:
             logger.addFilter(RedactingFilter())
 
 
-class MapillaryError(RuntimeError):
+class MapillaryError(CityAuditError, RuntimeError):
     """Base class; messages are redacted on construction."""
 
     def __init__(self, message: str) -> None:

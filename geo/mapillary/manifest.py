@@ -22,7 +22,7 @@ from typing import Any, Iterable
 import pandas as pd
 import pyarrow as pa
 
-from warehouse.schema import IMAGES, conform
+from contracts.tables import IMAGES, conform
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tiles (tile TEXT, query_key TEXT, n_images INTEGER, discovered_at TEXT,

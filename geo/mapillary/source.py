@@ -23,8 +23,9 @@ from typing import Any, Mapping
 import pandas as pd
 import pyarrow as pa
 
+from contracts.results import ImageCollection
+from contracts.tables import FAILURE_COLUMNS, IMAGES, conform
 from geo.bbox import BBox
-from geo.imagery import ImageCollection
 from geo.mapillary.client import MapillaryClient
 from geo.mapillary.download import download_images, fetch_thumbnail, remove_partials
 from geo.mapillary.errors import InvalidTokenError, MapillaryError, redact
@@ -33,11 +34,9 @@ from geo.mapillary.options import ATTRIBUTION, MapillaryOptions, resolve_token
 from geo.mapillary.search import search_area
 from geo.mapillary.select import records_frame, select_images
 from geo.mapillary.tiles import covering_tiles, decode_image_layer, parse_tile, tile_box
-from warehouse.schema import IMAGES, conform
 
 log = logging.getLogger("geo.mapillary")
 MANIFEST_NAME = "mapillary-manifest.sqlite"
-FAILURE_COLUMNS = ["item_id", "stage", "reason"]
 
 
 def run_sync(coroutine):
@@ -173,7 +172,7 @@ class MapillarySource:
                 failures.append((f"tile {tile}", "mapillary discover", redact(exc)))
         selected = self.select(frames, bbox)
         result = self.download_tile(selected, store, manifest, progress=progress)
-        return ImageCollection(result.images, pd.concat([pd.DataFrame(failures, columns=FAILURE_COLUMNS),
+        return ImageCollection(result.images, pd.concat([pd.DataFrame(failures, columns=list(FAILURE_COLUMNS)),
                                                          result.failures], ignore_index=True))
 
     # the generic ImagerySource protocol ----------------------------------------------------------
@@ -209,7 +208,7 @@ def collection(images: pa.Table | pd.DataFrame, failures: list[tuple[str, str, s
         images = conform(images, IMAGES, what="mapillary images")
     images = images.to_pandas()
     return ImageCollection(images.sort_values("image_id", ignore_index=True),
-                           pd.DataFrame(failures, columns=FAILURE_COLUMNS))
+                           pd.DataFrame(failures, columns=list(FAILURE_COLUMNS)))
 
 
 def merge_collections(parts: list[ImageCollection]) -> ImageCollection:
@@ -219,4 +218,4 @@ def merge_collections(parts: list[ImageCollection]) -> ImageCollection:
     merged = (pd.concat(images, ignore_index=True).drop_duplicates("image_id").sort_values("image_id", ignore_index=True)
               if images else collection(pd.DataFrame(), []).images)
     return ImageCollection(merged, pd.concat(failures, ignore_index=True) if failures
-                           else pd.DataFrame(columns=FAILURE_COLUMNS))
+                           else pd.DataFrame(columns=list(FAILURE_COLUMNS)))
