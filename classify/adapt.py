@@ -35,8 +35,9 @@ from tqdm.auto import tqdm
 from classify.adapted_visual import AdaptationError
 from classify.backbone import Backbone
 from classify.checkpoints import save_head
-from classify.fair import DISPLAY_NAME as FAIR_NAME, FairConfig, build_fair_head, fair_loss
+from classify.fair import FairConfig, build_fair_head, fair_loss
 from classify.labels import IMAGE_SUFFIXES
+from classify.registry import HEAD_METHODS, adaptation_methods
 from classify.microclip import MicroCLIPConfig, RunningMean, build_microclip_head, microclip_loss
 from classify.schema import ATTRIBUTES, get_attribute
 from classify.views import SelfTrainingViews, strong_mode_for
@@ -44,7 +45,7 @@ from classify.views import SelfTrainingViews, strong_mode_for
 
 @dataclass(frozen=True)
 class AdaptMethod:
-    """A registered unsupervised method: its display name, config class, builder and loss."""
+    """How an unsupervised head method adapts: its config class, head builder and loss."""
 
     name: str
     display_name: str
@@ -53,12 +54,20 @@ class AdaptMethod:
     loss: Callable  # (head, weak, strong, crops, RunningMean) -> (loss, stats)
 
 
-METHODS: dict[str, AdaptMethod] = {
-    m.name: m for m in (
-        AdaptMethod("microclip", "microCLIP", MicroCLIPConfig, build_microclip_head, microclip_loss),
-        AdaptMethod("fair", FAIR_NAME, FairConfig, build_fair_head, fair_loss),
-    )
+_ADAPTATION_PARTS = {  # method -> (config, build, loss); names and display names live in HEAD_METHODS
+    "microclip": (MicroCLIPConfig, build_microclip_head, microclip_loss),
+    "fair": (FairConfig, build_fair_head, fair_loss),
 }
+
+
+def adaptation_method(name: str) -> AdaptMethod:
+    """The adaptation of registered head method ``name`` (``classify.registry.HEAD_METHODS``)."""
+    config, build, loss = _ADAPTATION_PARTS[name]
+    return AdaptMethod(name, HEAD_METHODS.get(name).display_name, config, build, loss)
+
+
+#: The unsupervised methods by name, as registered in ``classify.registry.HEAD_METHODS``.
+METHODS: dict[str, AdaptMethod] = {name: adaptation_method(name) for name in adaptation_methods()}
 
 
 def get_method(name: str) -> AdaptMethod:

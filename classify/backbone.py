@@ -21,10 +21,10 @@ from pathlib import Path
 import open_clip
 import torch
 
+from classify.registry import BACKBONES, WEIGHTS_ENV, BackboneSpec  # noqa: F401 - BackboneSpec: part of this API
 from contracts.errors import CityAuditError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-WEIGHTS_ENV = "CITY_AUDIT_WEIGHTS"
 TINY_SEED = 0
 
 open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -32,27 +32,6 @@ open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 class BackboneError(CityAuditError, RuntimeError):
     """The backbone could not be built: unknown name, unreachable or unusable weights."""
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A named backbone: which open_clip architecture and where its weights come from."""
-
-    name: str
-    open_clip_name: str
-    pretrained: str | None  # open_clip pretrained tag; None means seeded random weights
-    summary: str
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    spec.name: spec
-    for spec in (
-        BackboneSpec("vit-b16", "ViT-B-16-quickgelu", "openai",
-                     "CLIP ViT-B/16, OpenAI weights (the CLIP-MHAdapter paper's backbone)"),
-        BackboneSpec("tiny", "city-audit-tiny", None,
-                     "3-block ViT with seeded random weights: offline tests and demos only, untrained"),
-    )
-}
 
 
 @dataclass

@@ -28,6 +28,7 @@ from contracts.errors import CityAuditError
 from classify.backbone import Backbone
 from classify.heads import zero_shot_heads
 from classify.mhadapter import AdapterConfig, MHAdapterHead
+from classify.registry import HEAD_METHODS
 from classify.schema import ATTRIBUTES, get_attribute
 
 FORMAT = "city-audit-head/1"
@@ -121,34 +122,25 @@ def _check_compatible(sidecar: dict, backbone: Backbone, path: Path) -> None:
                               f"{attribute.prompts()}; retrain the head")
 
 
-def _build_mhadapter(sidecar: dict, tensors: dict[str, torch.Tensor], backbone: Backbone) -> MHAdapterHead:
+def build_mhadapter(sidecar: dict, tensors: dict[str, torch.Tensor], backbone: Backbone) -> MHAdapterHead:
     head = MHAdapterHead(get_attribute(sidecar["attribute"]), tensors["text_embeddings"], backbone.logit_scale,
                          backbone.width, AdapterConfig(**sidecar["adapter"]))
     head.load_state_dict(tensors, strict=True)
     return head
 
 
-#: method -> "module:function" that rebuilds a head from (sidecar, tensors, backbone); imported on
-#: first use, so the checkpoint format stays one for supervised and unsupervised heads.
-HEAD_BUILDERS: dict[str, str] = {
-    "mhadapter": "classify.checkpoints:_build_mhadapter",
-    "microclip": "classify.microclip:head_from_checkpoint",
-    "fair": "classify.fair:head_from_checkpoint",
-}
-
-
 def _builder(method: str, path: Path):
-    import importlib
-
-    if method not in HEAD_BUILDERS:
-        raise CheckpointError(f"{path}: unknown head method {method!r}; known: {', '.join(HEAD_BUILDERS)}")
-    module, function = HEAD_BUILDERS[method].split(":")
-    return getattr(importlib.import_module(module), function)
+    """The function rebuilding ``method``'s heads from a checkpoint (``classify.registry.HEAD_METHODS``)."""
+    entry = HEAD_METHODS.get(method) if method in HEAD_METHODS else None
+    if entry is None or entry.from_checkpoint is None:
+        known = [m.name for m in HEAD_METHODS.values() if m.from_checkpoint is not None]
+        raise CheckpointError(f"{path}: unknown head method {method!r}; known: {', '.join(known)}")
+    return entry.from_checkpoint()
 
 
 def load_head(sidecar_path: str | Path, backbone: Backbone) -> torch.nn.Module:
     """Rebuild the head described by ``<attribute>.json`` on ``backbone`` (its device, eval mode);
-    the sidecar's ``method`` picks the builder in ``HEAD_BUILDERS``."""
+    the sidecar's ``method`` picks the builder in ``classify.registry.HEAD_METHODS``."""
     sidecar_path = Path(sidecar_path)
     sidecar = read_sidecar(sidecar_path)
     build = _builder(sidecar.get("method"), sidecar_path)

@@ -35,7 +35,6 @@ from classify.descriptions import ClassText, class_text
 from classify.microclip import RunningMean, fairness_loss
 from classify.schema import Attribute
 
-DISPLAY_NAME = "FAIR-style (reconstructed)"
 
 
 @dataclass(frozen=True)
