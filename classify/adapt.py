@@ -336,19 +336,15 @@ def adapt_images(method: str, files: list[str], attributes: list[str], backbone:
 
 
 def adapt_image_store(images: pd.DataFrame, store: str | Path, method: str, attributes: list[str], out_dir: str | Path,
-                      *, model: str = "vit-b16", weights: str | None = None, device: str | None = None,
-                      options: dict | None = None, trained_heads: str | Path | None = None,
+                      *, backbone: Backbone, options: dict | None = None, trained_heads: str | Path | None = None,
                       progress: bool = True) -> dict:
     """A run's adaptation stage: adapt ``attributes`` on the images of a run's store (``path`` relative
-    to ``store``). ``options`` override ``AdaptConfig`` fields. Checkpoints in ``trained_heads`` for the
-    other attributes are copied beside the adapted ones, so ``out_dir`` is the run's whole head bundle.
-    Returns a JSON-able summary."""
+    to ``store``) on the run's ``backbone``. ``options`` override ``AdaptConfig`` fields. Checkpoints in
+    ``trained_heads`` for the other attributes are copied beside the adapted ones, so ``out_dir`` is
+    the run's whole head bundle. Returns a JSON-able summary."""
     from dataclasses import replace
 
-    from classify.backbone import load_backbone
-
     config = replace(AdaptConfig(), **{k: tuple(v) if isinstance(v, list) else v for k, v in (options or {}).items()})
-    backbone = load_backbone(model, weights=weights, device=device)
     files = [str(Path(store) / p) for p in images["path"]]
     results = adapt_images(method, files, attributes, backbone, out_dir, config=config, progress=progress)
     for name in ATTRIBUTES:

@@ -1,9 +1,9 @@
 """The classification stage of a run: backbone + heads over the run's image store, resumable.
 
-``classify_image_store`` loads the backbone, takes the MHAdapter heads of ``heads`` (a folder of
+``classify_image_store`` takes the run's loaded backbone, the heads of ``heads`` (a folder of
 checkpoints) and zero-shot heads for the other attributes, classifies every image once, and
 keeps the predictions in a Parquet cache keyed by model and head ids and the image set, so a
-rerun with the same model, heads and images skips the backbone entirely.
+rerun with the same model, heads and images skips the image passes entirely.
 """
 
 from __future__ import annotations
@@ -18,17 +18,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from classify.backbone import load_backbone
+from classify.backbone import Backbone
 from classify.checkpoints import serving_heads
 from classify.features import FeatureCache
 from classify.predict import predict_attributes
-
-UNTRAINED_WARNING = (
-    "UNTRAINED MODEL: the '{model}' backbone has random weights, so every label below is noise. "
-    "Use it to check the pipeline, never as a result. Real runs use --model vit-b16 (downloads OpenAI "
-    "weights once) or --weights PATH."
-)
-
+from contracts.files import write_atomic
 
 @dataclass
 class ClassificationResult:
@@ -45,12 +39,11 @@ def _cache_key(model_ids: dict[str, str], images: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def classify_image_store(images: pd.DataFrame, store: Path, *, model: str = "vit-b16",
-                         weights: str | os.PathLike | None = None, device: str | None = None,
+def classify_image_store(images: pd.DataFrame, store: Path, *, backbone: Backbone,
                          batch_size: int = 32, cache_dir: Path | None = None,
                          heads: str | os.PathLike | None = None, feature_cache: str | os.PathLike | None = None,
                          device_decode: bool = False, progress: bool = True) -> ClassificationResult:
-    """Predict all 8 attributes for each image (``path`` relative to ``store``).
+    """Predict all 8 attributes for each image (``path`` relative to ``store``) with the run's ``backbone``.
 
     ``heads``: a folder of head checkpoints (``<attribute>.json`` + ``.safetensors``; MHAdapter,
     microCLIP or FAIR-style); attributes without one use zero-shot heads. With ``cache_dir``, predictions are written
@@ -58,11 +51,10 @@ def classify_image_store(images: pd.DataFrame, store: Path, *, model: str = "vit
     ``feature_cache``: a folder keeping backbone outputs per image, so other heads can re-run
     without the backbone. ``device_decode``: decode JPEGs on the device (nvJPEG on CUDA).
     """
-    backbone = load_backbone(model, weights=weights, device=device)
     heads = serving_heads(backbone, heads)
     model_ids = {name: f"{backbone.model_id}+{head.head_id}" for name, head in heads.items()}
     info = {
-        "name": model,
+        "name": backbone.spec.name,
         "open_clip_name": backbone.spec.open_clip_name,
         "weights": backbone.weights_source,
         "backbone_id": backbone.model_id,
@@ -84,10 +76,7 @@ def classify_image_store(images: pd.DataFrame, store: Path, *, model: str = "vit
                                 device_decode=device_decode,
                                 feature_cache=FeatureCache(feature_cache, backbone) if feature_cache else None)
     failures = result.failures.rename(columns={"image_id": "item_id"})
-    if cache is not None:
-        for table_path, write in ((failures_cache, lambda p: failures.to_parquet(p, index=False)),
-                                  (cache, lambda p: pq.write_table(result.predictions, p))):
-            partial = table_path.with_name(f".{table_path.name}.partial")
-            write(partial)
-            os.replace(partial, table_path)  # the predictions file lands last: it marks the cache complete
+    if cache is not None:  # the predictions file lands last: it marks the cache complete
+        write_atomic(failures_cache, lambda p: failures.to_parquet(p, index=False))
+        write_atomic(cache, lambda p: pq.write_table(result.predictions, p))
     return ClassificationResult(result.predictions, failures, info)

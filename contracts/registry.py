@@ -22,11 +22,13 @@ class UnknownNameError(CityAuditError, KeyError):
 class Registry(Generic[T]):
     """Entries of one kind by name, in registration order.
 
-    ``kind`` names the kind in error messages ("imagery source", "backbone", ...).
+    ``kind`` names the kind in error messages ("imagery source", "backbone", ...); ``error`` is
+    the ``CityAuditError`` raised for an unknown name.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, error: type[CityAuditError] = UnknownNameError) -> None:
         self.kind = kind
+        self.error = error
         self._entries: dict[str, T] = {}
 
     def register(self, name: str, entry: T | None = None):
@@ -40,11 +42,11 @@ class Registry(Generic[T]):
         return add if entry is None else add(entry)
 
     def get(self, name: str) -> T:
-        """The entry named ``name``; ``UnknownNameError`` listing the known names otherwise."""
+        """The entry named ``name``; ``self.error`` listing the known names otherwise."""
         try:
             return self._entries[name]
         except KeyError:
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; choose from {', '.join(self._entries)}") from None
+            raise self.error(f"unknown {self.kind} {name!r}; choose from {', '.join(self._entries)}") from None
 
     def names(self) -> list[str]:
         return list(self._entries)

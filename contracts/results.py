@@ -3,10 +3,37 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
-from contracts.tables import failures_frame
+from contracts.tables import IMAGES, failures_frame
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Where a run keeps everything: ``out`` (the published outputs), its image store and work folder."""
+
+    out: Path
+    run_id: str
+
+    @property
+    def store(self) -> Path:
+        """The image store: one file per collected image."""
+        return self.out / "images"
+
+    @property
+    def work(self) -> Path:
+        """Resume state and caches (manifests, prediction caches, adapted heads)."""
+        return self.out / "work"
+
+    @property
+    def database(self) -> Path:
+        return self.out / "audit.duckdb"
+
+    @property
+    def manifest(self) -> Path:
+        return self.out / "run.json"
 
 
 @dataclass
@@ -15,3 +42,17 @@ class ImageCollection:
 
     images: pd.DataFrame  # the images contract, one row per image now in the store
     failures: pd.DataFrame = field(default_factory=failures_frame)  # item_id, stage, reason
+
+
+def merge_collections(parts: list[ImageCollection], failures: pd.DataFrame | None = None) -> ImageCollection:
+    """One collection from per-unit collections (images sorted by id, one row per id) plus extra ``failures``."""
+    images = [p.images for p in parts if len(p.images)]
+    failure_parts = [f for f in [*(p.failures for p in parts), failures] if f is not None and len(f)]
+    merged = (pd.concat(images, ignore_index=True).drop_duplicates("image_id").sort_values("image_id", ignore_index=True)
+              if images else empty_images())
+    return ImageCollection(merged, pd.concat(failure_parts, ignore_index=True) if failure_parts else failures_frame())
+
+
+def empty_images() -> pd.DataFrame:
+    """An images table with the contract's columns and types and no rows."""
+    return IMAGES.empty_table().to_pandas()

@@ -15,51 +15,37 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 import flows  # noqa: F401 - sets the offline Prefect defaults before prefect is imported
+from classify.registry import BACKBONES, adaptation_methods
 from classify.schema import ATTRIBUTES
-from geo.bbox import DEFAULT_MAX_AREA_KM2, BBoxError, parse_bbox
-from warehouse.build import DEFAULT_HEADING_PENALTY_M, DEFAULT_MAX_DISTANCE_M
+from contracts.errors import CityAuditError
+from contracts.notices import untrained_warning
+from flows.config import GROUPS, AdaptationConfig, ModelConfig, RunConfig, cli_flag, run_config
 
 DEPLOYMENT_NAME = "local"
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        parse_bbox(args.bbox, max_area_km2=args.max_area_km2)  # fail in milliseconds, before Prefect starts
-    except BBoxError as exc:
-        print(f"city-audit: error: {exc}", file=sys.stderr)
-        return 2
-    mapillary = None
-    if args.source == "mapillary":
-        from geo.mapillary import MapillaryError, MapillarySource
-        from geo.mapillary.options import parse_options
+    config = run_config(**_config_options(args))  # every value checked in milliseconds, before Prefect starts
+    if config.imagery.source == "mapillary":
+        from geo.mapillary.options import resolve_token
 
-        try:  # bad options or no token: say so before Prefect starts
-            mapillary = parse_options(args.mapillary)
-            MapillarySource(mapillary).check_token()
-        except MapillaryError as exc:
-            print(f"city-audit: error: {exc}", file=sys.stderr)
-            return 2
-    elif args.mapillary:
-        print("city-audit: error: --mapillary options need --source mapillary", file=sys.stderr)
-        return 2
+        resolve_token(config.imagery.mapillary.get("token_secret"))  # no token: say so before Prefect starts
     from flows.city_audit import city_audit
 
-    summary = city_audit(bbox=args.bbox, source=args.source, images=args.images, roads=args.roads, model=args.model,
-                         weights=args.weights, out=args.out, max_distance_m=args.max_distance_m,
-                         max_images=args.max_images, max_area_km2=args.max_area_km2, batch_size=args.batch_size,
-                         device=args.device, heads=args.heads, feature_cache=args.feature_cache,
-                         device_decode=args.gpu_decode, adapt=args.adapt,
-                         adapt_attributes=args.adapt_attributes, adapt_options=_adapt_options(args),
-                         road_classes=args.road_classes, max_segment_length_m=args.max_segment_length_m,
-                         heading_penalty_m=args.heading_penalty_m, slice_by_year=args.by_year,
-                         partition_by_tile=args.tiles, cell_size_m=args.cell_size_m, mapillary=mapillary)
+    summary = city_audit(**config.flow_parameters())
+    _print_summary(config, summary)
+    return 0
+
+
+def _print_summary(config: RunConfig, summary: dict) -> None:
     print()
     if not summary["model_trained"]:
-        print(f"WARNING: model '{args.model}' is UNTRAINED (random weights): the labels are noise, not results.")
+        print(f"WARNING: {untrained_warning(config.model.model, 'the labels are')}")
     print(f"images:                    {summary['images']}")
-    print(f"matched to a road segment: {summary['matched_images']} (within {args.max_distance_m:g} m)")
+    print(f"matched to a road segment: {summary['matched_images']} (within {config.matching.max_distance_m:g} m)")
     print(f"segments with predictions: {summary['segments_with_predictions']} of {summary['segments']}")
     print(f"failures:                  {summary['failures']} (see run.json)")
     if summary.get("adapted"):
@@ -71,25 +57,44 @@ def _run(args: argparse.Namespace) -> int:
                  "manifest", "segment_tiles", "image_tiles"):
         if name in summary["outputs"]:
             print(f"  {name:13} {summary['outputs'][name]}")
-    return 0
 
 
-def _user_errors():
-    from classify.adapted_visual import AdaptationError
-    from classify.backbone import BackboneError
-    from classify.checkpoints import CheckpointError
-    from classify.descriptions import DescriptionError
-    from classify.labels import LabelFileError
-    from classify.train import TrainingError
-
-    return BackboneError, CheckpointError, LabelFileError, TrainingError, AdaptationError, DescriptionError
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. min_spacing_m=5)")
+    return key.strip(), value.strip()
 
 
-def _adapt_options(args: argparse.Namespace) -> dict:
-    """The ``AdaptConfig`` overrides given on the command line (None = keep the reference value)."""
-    names = {"epochs": "epochs", "max_steps": "max_steps", "batch_size_adapt": "batch_size", "lr": "lr",
-             "n_crops": "n_crops", "strong": "strong", "seed": "seed", "num_workers": "num_workers"}
-    return {field: getattr(args, name) for name, field in names.items() if getattr(args, name, None) is not None}
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per ``RunConfig`` field, in group order, with the field's name, default and help.
+
+    Values reach the configuration as typed on the command line; its fields convert and check them."""
+    parser.add_argument("--bbox", required=True, help=RunConfig.model_fields["bbox"].description)
+    for group, model in GROUPS.items():
+        options = parser.add_argument_group(group)
+        for name, field in model.model_fields.items():
+            flag, dest = cli_flag(group, name), f"config.{name}"
+            if field.annotation is bool:
+                options.add_argument(flag, dest=dest, action="store_true", default=argparse.SUPPRESS,
+                                     help=field.description)
+            elif name == "mapillary":
+                options.add_argument("-m", flag, dest=dest, action="append", type=_key_value, metavar="KEY=VALUE",
+                                     default=argparse.SUPPRESS, help=field.description)
+            elif name == "adapt_attributes":
+                options.add_argument(flag, dest=dest, nargs="+", choices=list(ATTRIBUTES), metavar="ATTRIBUTE",
+                                     default=argparse.SUPPRESS, help=field.description)
+            else:
+                options.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=field.description)
+
+
+def _config_options(args: argparse.Namespace) -> dict:
+    """The run options given on the command line, by configuration field name."""
+    options = {"bbox": args.bbox}
+    for key, value in vars(args).items():
+        if key.startswith("config."):
+            options[key.removeprefix("config.")] = dict(value) if key == "config.mapillary" else value
+    return options
 
 
 def _adapt(args: argparse.Namespace) -> int:
@@ -100,22 +105,18 @@ def _adapt(args: argparse.Namespace) -> int:
     from classify.backbone import load_backbone
 
     attributes = list(ATTRIBUTES) if args.attribute == ["all"] else args.attribute
-    try:
-        spec = get_method(args.method)
-        config = replace(AdaptConfig(), **_adapt_options(args))
-        files = image_files(args.images)
-        backbone = load_backbone(args.model, weights=args.weights, device=args.device)
-        print(f"{spec.display_name}: adapting {', '.join(attributes)} on {len(files)} unlabelled images")
-        results = adapt_images(args.method, files, attributes, backbone, args.out, config=config,
-                               method_config=method_config(args.method, args.set))
-        reports = [compare_adapted(name, args.eval_data, backbone, args.out, args.out, split=args.eval_split)
-                   for name in attributes] if args.eval_data else []
-    except _user_errors() as exc:
-        print(f"city-audit: error: {exc}", file=sys.stderr)
-        return 2
+    spec = get_method(args.method)
+    loop = AdaptationConfig(**{k.removeprefix("config."): v for k, v in vars(args).items() if k.startswith("config.")})
+    config = replace(AdaptConfig(), **loop.loop_options())
+    files = image_files(args.images)
+    backbone = load_backbone(args.model, weights=args.weights, device=args.device)
+    print(f"{spec.display_name}: adapting {', '.join(attributes)} on {len(files)} unlabelled images")
+    results = adapt_images(args.method, files, attributes, backbone, args.out, config=config,
+                           method_config=method_config(args.method, args.set))
+    reports = [compare_adapted(name, args.eval_data, backbone, args.out, args.out, split=args.eval_split)
+               for name in attributes] if args.eval_data else []
     if not backbone.trained:
-        print(f"WARNING: model '{args.model}' is UNTRAINED (random weights): these adapted heads are a pipeline "
-              f"check, not models.")
+        print(f"WARNING: {untrained_warning(args.model, 'these adapted heads are')}")
     for name, result in results.items():
         counts = result.history[-1]["pseudo_label_counts"] if result.history else {}
         how = "reused an identical earlier adaptation" if result.reused else \
@@ -132,21 +133,17 @@ def _train(args: argparse.Namespace) -> int:
     from classify.mhadapter import AdapterConfig
     from classify.train import REFERENCE_ADAPTERS, TrainConfig, train_attribute, with_overrides
 
-    try:
-        config = with_overrides(TrainConfig(), mode=args.mode, epochs=args.epochs, batch_size=args.batch_size,
-                                lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
-                                class_weighting=args.class_weighting, seed=args.seed, num_workers=args.num_workers)
-        reference = REFERENCE_ADAPTERS[args.attribute]
-        adapter = AdapterConfig(heads=args.attention_heads or reference.heads, blend=args.blend or reference.blend)
-        backbone = load_backbone(args.model, weights=args.weights, device=args.device)
-        result = train_attribute(args.attribute, args.data, backbone, args.out, config=config, adapter=adapter,
-                                 resume=args.resume, cache_dir=args.cache_dir)
-    except _user_errors() as exc:
-        print(f"city-audit: error: {exc}", file=sys.stderr)
-        return 2
+    config = with_overrides(TrainConfig(), mode=args.mode, epochs=args.epochs, batch_size=args.batch_size,
+                            lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
+                            class_weighting=args.class_weighting, seed=args.seed, num_workers=args.num_workers)
+    reference = REFERENCE_ADAPTERS[args.attribute]
+    adapter = AdapterConfig(heads=args.attention_heads or reference.heads, blend=args.blend or reference.blend)
+    backbone = load_backbone(args.model, weights=args.weights, device=args.device)
+    result = train_attribute(args.attribute, args.data, backbone, args.out, config=config, adapter=adapter,
+                             resume=args.resume, cache_dir=args.cache_dir)
     best = result.fit.best_metrics
     if not backbone.trained:
-        print(f"WARNING: model '{args.model}' is UNTRAINED (random weights): this head is a pipeline check, not a model.")
+        print(f"WARNING: {untrained_warning(args.model, 'this head is')}")
     print(f"{args.attribute}: trained on {result.n_train}, validated on {result.n_val} images ({config.mode} mode)")
     print(f"best epoch {result.fit.best_epoch}: val accuracy {best['accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f}"
           f"{' (stopped early)' if result.fit.stopped_early else ''}")
@@ -158,15 +155,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from classify.backbone import load_backbone
     from classify.evaluate import evaluate_attribute
 
-    try:
-        backbone = load_backbone(args.model, weights=args.weights, device=args.device)
-        report = evaluate_attribute(args.attribute, args.data, backbone, args.out, heads_dir=args.heads,
-                                    split=args.split, train_data=args.train_data, cache_dir=args.cache_dir)
-    except _user_errors() as exc:
-        print(f"city-audit: error: {exc}", file=sys.stderr)
-        return 2
+    backbone = load_backbone(args.model, weights=args.weights, device=args.device)
+    report = evaluate_attribute(args.attribute, args.data, backbone, args.out, heads_dir=args.heads,
+                                split=args.split, train_data=args.train_data, cache_dir=args.cache_dir)
     if not backbone.trained:
-        print(f"WARNING: model '{args.model}' is UNTRAINED (random weights): these numbers are not results.")
+        print(f"WARNING: {untrained_warning(args.model, 'these numbers are')}")
     print(f"{args.attribute}, {args.split} split, {report['n']} images: {report['class_counts']}")
     print(report["table"])
     for method, note in report["notes"].items():
@@ -175,32 +168,25 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.adapted:
         from classify.adapt_eval import adaptation_table, compare_adapted
 
-        try:
-            adapted = compare_adapted(args.attribute, args.data, backbone, args.adapted, args.out, split=args.split)
-        except _user_errors() as exc:
-            print(f"city-audit: error: {exc}", file=sys.stderr)
-            return 2
+        adapted = compare_adapted(args.attribute, args.data, backbone, args.adapted, args.out, split=args.split)
         print(f"zero-shot vs {adapted['adapted_method']} (heads in {args.adapted}):")
         print(adaptation_table([adapted]))
     return 0
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="vit-b16", help="backbone: vit-b16 (OpenAI weights) | tiny (random, offline tests)")
-    parser.add_argument("--weights", help="local checkpoint file for the backbone (default: $CITY_AUDIT_WEIGHTS or download)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
+    """--model, --weights and --device, with the run configuration's help and defaults."""
+    for name in ("model", "weights", "device"):
+        field = ModelConfig.model_fields[name]
+        parser.add_argument(cli_flag("model", name), default=field.default, help=field.description)
 
 
 def _add_adapt_loop_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=int, help="self-training epochs (default 15)")
-    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (bounded time)")
-    parser.add_argument("--adapt-batch-size", dest="batch_size_adapt", type=int, help="self-training batch (default 64)")
-    parser.add_argument("--lr", type=float, help="default 1e-4")
-    parser.add_argument("--crops", dest="n_crops", type=int, help="random crops per image (default 8)")
-    parser.add_argument("--strong", choices=["auto", "randaugment", "geometric"],
-                        help="student augmentation (default auto: geometric for photometric attributes)")
-    parser.add_argument("--seed", type=int, help="default 0")
-    parser.add_argument("--num-workers", type=int, help="decoding worker processes")
+    """The self-training options of ``AdaptationConfig`` (the same as ``run --adapt`` takes)."""
+    for name, field in AdaptationConfig.model_fields.items():
+        if name not in ("adapt", "adapt_attributes"):
+            parser.add_argument(cli_flag("adaptation", name), dest=f"config.{name}", default=argparse.SUPPRESS,
+                                help=field.description, metavar=name.upper())
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -211,8 +197,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from classify.backbone import BACKBONES
-
     for spec in BACKBONES.values():
         print(f"{spec.name:8} {spec.open_clip_name:20} {spec.summary}")
     return 0
@@ -220,52 +204,16 @@ def _models(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="city-audit", description="Street-level imagery to road-segment attribute maps.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="audit a bounding box (runs the city-audit flow)")
-    run.add_argument("--bbox", required=True, help="minlon,minlat,maxlon,maxlat in WGS84, or a JSON list")
-    run.add_argument("--source", default="sample", help="imagery source: sample | folder | mapillary (default: sample)")
-    run.add_argument("--images", help="for --source folder: a folder with images and images.parquet/images.csv")
-    run.add_argument("--roads", default="sample",
-                     help="'sample', a local OSM extract (.osm.pbf), or a GeoParquet/GeoPackage/GeoJSON of road lines")
-    run.add_argument("--road-classes", help="for .osm.pbf: comma-separated highway values to keep (default: the drivable "
-                                            "network, living streets, service and pedestrian streets)")
-    run.add_argument("--max-segment-length-m", type=float,
-                     help="for .osm.pbf: split segments longer than this into equal parts (default: 100)")
-    run.add_argument("--heading-penalty-m", type=float, default=DEFAULT_HEADING_PENALTY_M,
-                     help="a road across a camera's heading counts this many metres further away when matching "
-                          f"(default: {DEFAULT_HEADING_PENALTY_M:g}; 0 = plain nearest)")
-    run.add_argument("--by-year", action="store_true", help="also aggregate each segment per capture year")
-    run.add_argument("--tiles", action="store_true",
-                     help="also write GeoParquet partitioned by z14 tile (tiles/segments/tile=.../<run_id>.parquet)")
-    run.add_argument("--cell-size-m", type=float, default=50.0, help="cell size of coverage.tif (default: 50)")
-    run.add_argument("--model", default="vit-b16", help="backbone: vit-b16 (OpenAI weights) | tiny (random, offline tests)")
-    run.add_argument("--weights", help="local checkpoint file for the backbone (default: $CITY_AUDIT_WEIGHTS or download)")
-    run.add_argument("--out", default="outputs/city-audit", help="output folder (default: outputs/city-audit)")
-    run.add_argument("--max-distance-m", type=float, default=DEFAULT_MAX_DISTANCE_M,
-                     help=f"largest image-to-road distance that counts as a match (default: {DEFAULT_MAX_DISTANCE_M:g})")
-    run.add_argument("--max-images", type=int, help="stop after this many images")
-    run.add_argument("--max-area-km2", type=float, default=DEFAULT_MAX_AREA_KM2,
-                     help=f"refuse larger boxes (default: {DEFAULT_MAX_AREA_KM2:g})")
-    run.add_argument("-m", "--mapillary", action="append", metavar="KEY=VALUE",
-                     help="a Mapillary option, repeatable: discovery=tiles|search, captured_after=2023-01-01, "
-                          "panoramas=yes|no|only, min_spacing_m=5, thumb_size=1024, search_rpm=8000, token_secret=NAME, "
-                          "... (docs/mapillary.md); the token comes from MAPILLARY_ACCESS_TOKEN")
-    run.add_argument("--batch-size", type=int, default=32)
-    run.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
-    run.add_argument("--heads", help="folder of trained head checkpoints (city-audit train); zero-shot for the rest")
-    run.add_argument("--feature-cache", help="folder that keeps backbone outputs per image for re-running heads")
-    run.add_argument("--gpu-decode", action="store_true", help="decode JPEGs on the device (nvJPEG on CUDA)")
-    run.add_argument("--adapt", choices=["microclip", "fair"], help="adapt to this run's own images first (microCLIP "
-                     "or FAIR-style (reconstructed)) and predict with the adapted heads")
-    run.add_argument("--adapt-attributes", nargs="+", choices=list(ATTRIBUTES), metavar="ATTRIBUTE",
-                     help="attributes to adapt (default: all)")
-    _add_adapt_loop_options(run)
+    add_config_options(run)
     run.set_defaults(handler=_run)
 
     adapt = commands.add_parser("adapt", help="unsupervised adaptation to a city's own images: microCLIP or "
                                 "FAIR-style (reconstructed)")
-    adapt.add_argument("--method", required=True, choices=["microclip", "fair"],
+    adapt.add_argument("--method", required=True, choices=adaptation_methods(),
                        help="microclip | fair (FAIR-style (reconstructed): FAIR's code is not public)")
     adapt.add_argument("--images", required=True, help="a finished run's output folder (images/ + images.parquet) "
                        "or a folder of images")
@@ -324,9 +272,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _negative_bbox_attached(argv: list[str]) -> list[str]:
+    """``--bbox -122.5,37.7,...`` as ``--bbox=-122.5,37.7,...``: argparse would read the value as an option."""
+    fixed, values = [], iter(argv)
+    for arg in values:
+        if arg == "--bbox":
+            value = next(values, None)
+            fixed.append("--bbox" if value is None else f"--bbox={value}")
+        else:
+            fixed.append(arg)
+    return fixed
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.handler(args)
+    """Run one command; an error the user can fix ends it with its message on one line and exit code 2."""
+    args = build_parser().parse_args(_negative_bbox_attached(sys.argv[1:] if argv is None else argv))
+    try:
+        return args.handler(args)
+    except CityAuditError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"city-audit: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

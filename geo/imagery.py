@@ -6,9 +6,11 @@ image's bytes onto disk (``fetch``). ``collect_images`` does the rest the same w
 source: skip images already in the store, write to a temporary name, check that the file
 decodes, record its size and sha256, rename, and put every failure in a failures table.
 
-Sources are registered by name in ``SOURCES``: ``sample`` (the bundled Stuttgart area),
-``folder`` (a local folder with a metadata table) and ``mapillary`` (Mapillary API v4, see
-``geo.mapillary``; it also offers per-tile steps that the flow maps).
+Sources are registered by name in ``geo.sources.IMAGERY_SOURCES``: ``sample`` (the bundled
+Stuttgart area), ``folder`` (a local folder with a metadata table) and ``mapillary`` (Mapillary
+API v4, see ``geo.mapillary``). Every source splits an area into work units (``work_units``:
+one for a local folder, z14 tiles for Mapillary) that are discovered, selected and collected
+the same way, so the flow treats all sources alike.
 """
 
 from __future__ import annotations
@@ -20,24 +22,18 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from contracts.errors import CityAuditError
 from geo.bbox import BBox
+from geo.sources import IMAGERY_SOURCES, METADATA_NAMES, ImagerySourceError, SAMPLE_AREA, check_images_folder  # noqa: F401 - SAMPLE_AREA: API
 from contracts.results import ImageCollection
 from contracts.tables import IMAGES, IMAGES_REQUIRED, ContractError, conform, failures_frame
 
-SAMPLE_AREA = Path(__file__).parent / "sample_area" / "stuttgart"
-METADATA_NAMES = ("images.parquet", "images.csv")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-
-
-class ImagerySourceError(CityAuditError, RuntimeError):
-    """A source that cannot be used (missing folder or metadata, unknown source name)."""
 
 
 class ImagerySource(Protocol):
@@ -49,6 +45,28 @@ class ImagerySource(Protocol):
 
     def fetch(self, image: pd.Series, destination: Path) -> None:
         """Write the bytes of one image (a row of ``discover``) to ``destination``."""
+
+    # work units: how the flow splits the area (every source has them; see LocalFolderSource)
+    unit_column: str
+
+    def work_units(self, bbox: BBox) -> list[str]:
+        """The area split into units of work, each discovered and collected by its own task."""
+
+    def unit_cache_key(self, unit: str, bbox: BBox) -> str | None:
+        """Cache key of one unit's discovery; None when discovery must never be cached."""
+
+    def prepare(self, store: Path) -> Path:
+        """Check what the source needs (a token, a folder) and make the image store; returns it."""
+
+    def discover_unit(self, unit: str, bbox: BBox, manifest: Path | None = None) -> pd.DataFrame:
+        """Candidate images of one unit, with the unit in column ``unit_column``."""
+
+    def select(self, candidates: list[pd.DataFrame], bbox: BBox | None = None,
+               max_images: int | None = None) -> pd.DataFrame:
+        """The images to collect, from every unit's candidates."""
+
+    def collect_unit(self, selected: pd.DataFrame, store: Path, manifest: Path, unit: str) -> ImageCollection:
+        """Put one unit's selected images into the store."""
 
 
 @dataclass
@@ -64,16 +82,8 @@ class LocalFolderSource:
     attribution: str = "images from a local folder; check their licence before publishing"
 
     def __post_init__(self) -> None:
-        self.folder = Path(self.folder).expanduser().resolve()
-        if not self.folder.is_dir():
-            raise ImagerySourceError(f"image folder {str(self.folder)!r} does not exist; pass an existing folder with --images")
-        found = [self.folder / n for n in METADATA_NAMES if (self.folder / n).is_file()]
-        if not found:
-            raise ImagerySourceError(
-                f"image folder {str(self.folder)!r} has no {' or '.join(METADATA_NAMES)}; add a metadata table with "
-                f"columns {', '.join(IMAGES_REQUIRED)} (and optionally captured_at, compass_angle, is_pano, ...)"
-            )
-        self.metadata_file = found[0]
+        self.folder = check_images_folder(self.folder)
+        self.metadata_file = next(self.folder / n for n in METADATA_NAMES if (self.folder / n).is_file())
 
     def _read_metadata(self) -> pd.DataFrame:
         if self.metadata_file.suffix == ".parquet":
@@ -98,6 +108,34 @@ class LocalFolderSource:
         images["source"] = images["source"].fillna(self.name)
         return images
 
+    # work units: a folder is one unit; it can change at any time, so its discovery is never cached
+    unit_column = "unit"
+
+    def work_units(self, bbox: BBox) -> list[str]:
+        return ["area"]
+
+    def unit_cache_key(self, unit: str, bbox: BBox) -> None:
+        return None
+
+    def prepare(self, store: Path) -> Path:
+        store = Path(store)
+        store.mkdir(parents=True, exist_ok=True)
+        return store
+
+    def discover_unit(self, unit: str, bbox: BBox, manifest: Path | None = None) -> pd.DataFrame:
+        return self.discover(bbox).assign(**{self.unit_column: unit})
+
+    def select(self, candidates: list[pd.DataFrame], bbox: BBox | None = None,
+               max_images: int | None = None) -> pd.DataFrame:
+        frames = [c for c in candidates if len(c)]
+        selected = (pd.concat(frames, ignore_index=True) if frames
+                    else pd.DataFrame(columns=[*IMAGES.names, "origin", self.unit_column]))
+        selected = selected.sort_values("image_id", ignore_index=True)
+        return selected if max_images is None else selected.head(max_images)
+
+    def collect_unit(self, selected: pd.DataFrame, store: Path, manifest: Path | None, unit: str) -> ImageCollection:
+        return store_images(self, selected.drop(columns=[self.unit_column]), store, progress=False)
+
     def fetch(self, image: pd.Series, destination: Path) -> None:
         origin = Path(image["origin"])
         if not origin.is_file():
@@ -115,33 +153,9 @@ def sample_source() -> LocalFolderSource:
     )
 
 
-def mapillary_source(options=None) -> ImagerySource:
-    """Mapillary API v4 (``options``: a dict of ``geo.mapillary.MapillaryOptions`` fields)."""
-    from geo.mapillary import MapillarySource  # imported on use: the other sources need none of its libraries
-
-    return MapillarySource(options)
-
-
-SOURCES: dict[str, Callable[..., ImagerySource]] = {
-    "sample": lambda images=None, options=None: sample_source(),
-    "folder": lambda images=None, options=None: LocalFolderSource(_require(images, "--images FOLDER for source 'folder'")),
-    "mapillary": lambda images=None, options=None: mapillary_source(options),
-}
-
-
-def _require(value, what: str):
-    if not value:
-        raise ImagerySourceError(f"missing {what}")
-    return value
-
-
 def make_source(name: str, images: str | os.PathLike | None = None, options: dict | None = None) -> ImagerySource:
-    """Build a registered imagery source by name (``sample``, ``folder``, ``mapillary``); ``options`` are source-specific."""
-    try:
-        factory = SOURCES[name]
-    except KeyError:
-        raise ImagerySourceError(f"unknown imagery source {name!r}; choose from {', '.join(SOURCES)}") from None
-    return factory(images=images, options=options)
+    """Build a registered imagery source by name (``geo.sources.IMAGERY_SOURCES``); ``options`` are source-specific."""
+    return IMAGERY_SOURCES.get(name).build(images, options)
 
 
 def _store_name(image_id: str, origin: str) -> str:
@@ -171,10 +185,16 @@ def collect_images(source: ImagerySource, bbox: BBox, store: Path, *, max_images
     decodes) is kept. Each file is written under a temporary name and renamed only once it is
     complete and decodes. Returns the images (``path`` relative to ``store``) and the failures.
     """
-    store.mkdir(parents=True, exist_ok=True)
     candidates = source.discover(bbox).sort_values("image_id", ignore_index=True)
     if max_images is not None:
         candidates = candidates.head(max_images)
+    return store_images(source, candidates, store, progress=progress)
+
+
+def store_images(source: ImagerySource, candidates: pd.DataFrame, store: Path, *,
+                 progress: bool = True) -> ImageCollection:
+    """Fetch, check and record the ``candidates`` (rows of ``source.discover``) in ``store``; see ``collect_images``."""
+    store.mkdir(parents=True, exist_ok=True)
     kept, failures = [], []
     for _, image in tqdm(candidates.iterrows(), total=len(candidates), desc=f"collecting {source.name} images",
                          unit="img", disable=not progress):

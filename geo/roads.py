@@ -17,24 +17,13 @@ import pandas as pd
 from pyproj import Geod
 from shapely.geometry import box
 
-from contracts.errors import CityAuditError
 from geo.bbox import BBox
-from geo.imagery import SAMPLE_AREA
-from geo.osm import DEFAULT_MAX_SEGMENT_LENGTH_M, DEFAULT_ROAD_CLASSES, is_osm_pbf, read_osm_road_segments
+from geo.sources import RoadSourceError, check_roads, road_source_for
 
 _GEOD = Geod(ellps="WGS84")
-SAMPLE_ROADS = SAMPLE_AREA / "roads.parquet"
-ROADS_ATTRIBUTION = {"sample": "roads © OpenStreetMap contributors, ODbL 1.0"}
 
 
-class RoadSourceError(CityAuditError, RuntimeError):
-    """Roads that cannot be read or have no line geometry."""
-
-
-def _read(roads: str | os.PathLike) -> gpd.GeoDataFrame:
-    path = SAMPLE_ROADS if str(roads) == "sample" else Path(roads).expanduser()
-    if not path.is_file():
-        raise RoadSourceError(f"road file {str(path)!r} does not exist; pass 'sample' or a GeoParquet/GeoPackage/GeoJSON of road lines")
+def _read(path: Path) -> gpd.GeoDataFrame:
     try:
         frame = gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path)
     except Exception as exc:  # noqa: BLE001
@@ -49,13 +38,18 @@ def load_road_segments(bbox: BBox, roads: str | os.PathLike = "sample", *,
                        max_segment_length_m: float | None = None) -> gpd.GeoDataFrame:
     """Road segments intersecting ``bbox`` with ``segment_id, osm_way_id, highway, name, length_m, geometry``.
 
-    ``road_classes`` (highway values) and ``max_segment_length_m`` apply to ``.osm.pbf`` sources;
-    ready-made segment files are used as they are.
+    ``roads`` picks the road source (``geo.sources.ROAD_SOURCES``): ``'sample'``, a ``.osm.pbf``
+    extract (``road_classes``, highway values, and ``max_segment_length_m`` apply to it) or a
+    ready-made file of road lines, used as it is.
     """
-    if str(roads) != "sample" and is_osm_pbf(roads):
-        return read_osm_road_segments(roads, bbox, road_classes=road_classes or DEFAULT_ROAD_CLASSES,
-                                      max_segment_length_m=max_segment_length_m or DEFAULT_MAX_SEGMENT_LENGTH_M)
-    frame = _read(roads)
+    check_roads(roads)
+    return road_source_for(roads).load(bbox, roads, road_classes=road_classes,
+                                       max_segment_length_m=max_segment_length_m)
+
+
+def read_road_lines(bbox: BBox, path: Path, roads: str | os.PathLike) -> gpd.GeoDataFrame:
+    """The road lines of the vector file ``path`` that intersect ``bbox``, as segments (``roads``: as the user named it)."""
+    frame = _read(path)
     lines = frame[frame.geometry.geom_type.isin(["LineString", "MultiLineString"])]
     if len(frame) and lines.empty:
         raise RoadSourceError(f"{roads!r} has no LineString geometries (found {sorted(set(frame.geom_type))})")

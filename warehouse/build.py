@@ -19,10 +19,8 @@ import pyarrow as pa
 
 from contracts.tables import ddl
 from warehouse.db import connect, sql
+from warehouse.defaults import DEFAULT_HEADING_PENALTY_M, DEFAULT_MAX_DISTANCE_M
 
-DEFAULT_MAX_DISTANCE_M = 25.0
-#: A segment at right angles to a non-panoramic camera's heading counts as this much further away.
-DEFAULT_HEADING_PENALTY_M = 15.0
 #: The local bearing of a segment is taken between points this far either side of the image's nearest point.
 DEFAULT_BEARING_WINDOW_M = 10.0
 #: Unmatched images report their nearest segment within this many times the matching distance.

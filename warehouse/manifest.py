@@ -13,13 +13,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
+from contracts.files import write_text_atomic
+
 SECRET_KEYS = ("token", "secret", "password", "api_key", "access_key")
 VERSIONED_PACKAGES = ("city-audit", "torch", "open_clip_torch", "prefect", "duckdb", "geopandas", "shapely", "pyarrow")
 
 
 def redact(parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """Copy of ``parameters`` with any secret-looking key's value replaced by ``"***"``."""
-    return {k: ("***" if any(s in k.lower() for s in SECRET_KEYS) and v else v) for k, v in parameters.items()}
+    """Copy of ``parameters`` (nested groups included) with any secret-looking key's value replaced by ``"***"``."""
+    return {k: ("***" if any(s in k.lower() for s in SECRET_KEYS) and v
+                else redact(v) if isinstance(v, Mapping) else v) for k, v in parameters.items()}
 
 
 def package_versions() -> dict[str, str]:
@@ -49,8 +52,4 @@ def write_manifest(path: str | os.PathLike, *, run_id: str, parameters: Mapping[
         "outputs": dict(outputs),
         "attribution": attribution,
     }
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    os.replace(partial, path)
-    return path
+    return write_text_atomic(path, json.dumps(manifest, indent=2, default=str) + "\n")

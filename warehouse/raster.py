@@ -25,8 +25,8 @@ import rasterio
 from rasterio.transform import from_origin
 
 from contracts.errors import CityAuditError
+from warehouse.defaults import DEFAULT_CELL_SIZE_M
 
-DEFAULT_CELL_SIZE_M = 50.0
 MAX_CELLS = 25_000_000
 
 

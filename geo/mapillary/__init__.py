@@ -6,13 +6,23 @@ vector tiles), ``search`` (Graph bbox search), ``records`` (answers to image rec
 ``select`` (filters and thinning), ``download`` (verified atomic thumbnails), ``manifest``
 (resume state) and ``source`` (the ``mapillary`` imagery source tying them together).
 The token comes from ``MAPILLARY_ACCESS_TOKEN`` or a Prefect Secret block; see docs/mapillary.md.
+
+The names below are imported on first use, so that checking options (``geo.mapillary.options``)
+does not load the HTTP, vector-tile and table libraries.
 """
 
-from geo.mapillary.errors import (CorruptImageError, ExpiredURLError, InvalidTokenError, MapillaryAPIError,
-                                  MapillaryError, MissingTokenError, OptionsError)
-from geo.mapillary.options import ATTRIBUTION, MapillaryOptions, resolve_token
-from geo.mapillary.source import MANIFEST_NAME, MapillarySource
+from importlib import import_module
 
-__all__ = ["ATTRIBUTION", "MANIFEST_NAME", "CorruptImageError", "ExpiredURLError", "InvalidTokenError",
-           "MapillaryAPIError", "MapillaryError", "MapillaryOptions", "MapillarySource", "MissingTokenError",
-           "OptionsError", "resolve_token"]
+_EXPORTS = {
+    "CorruptImageError": "errors", "ExpiredURLError": "errors", "InvalidTokenError": "errors",
+    "MapillaryAPIError": "errors", "MapillaryError": "errors", "MissingTokenError": "errors",
+    "OptionsError": "errors", "ATTRIBUTION": "options", "MapillaryOptions": "options",
+    "resolve_token": "options", "MANIFEST_NAME": "source", "MapillarySource": "source",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'geo.mapillary' has no attribute {name!r}")
+    return getattr(import_module(f"geo.mapillary.{_EXPORTS[name]}"), name)

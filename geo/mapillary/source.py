@@ -127,12 +127,16 @@ class MapillarySource:
         return records_frame(records)
 
     # 2. selection ------------------------------------------------------------------------------
-    def select(self, candidates: pd.DataFrame | list[pd.DataFrame], bbox: BBox | None = None) -> pd.DataFrame:
-        """The images to download, from the candidates of every tile (filters, thinning, maximum count)."""
+    def select(self, candidates: pd.DataFrame | list[pd.DataFrame], bbox: BBox | None = None,
+               max_images: int | None = None) -> pd.DataFrame:
+        """The images to download, from the candidates of every tile (filters, thinning, maximum count).
+
+        ``max_images`` overrides the ``max_images`` option."""
         if isinstance(candidates, list):
             frames = [c for c in candidates if len(c)]
             candidates = pd.concat(frames, ignore_index=True) if frames else records_frame([])
-        return select_images(candidates, self.options, bbox)
+        options = self.options if max_images is None else self.with_options(max_images=max_images).options
+        return select_images(candidates, options, bbox)
 
     # 3. download -------------------------------------------------------------------------------
     def download_tile(self, selected: pd.DataFrame, store: str | Path, manifest: Manifest | str | Path,
@@ -150,6 +154,27 @@ class MapillarySource:
 
         _, failures = run_sync(run())
         return collection(manifest.images_table(selected["image_id"]), failures)
+
+    # the work-unit protocol of every imagery source (geo.imagery.ImagerySource): a unit is a z14 tile
+    unit_column = "tile"
+
+    def work_units(self, bbox: BBox) -> list[str]:
+        return self.tiles(bbox)
+
+    def unit_cache_key(self, tile: str, bbox: BBox) -> str:
+        return self.query_key(tile, bbox)
+
+    def prepare(self, store: str | Path) -> Path:
+        """Check that a token is configured, then prepare the store (``prepare_store``)."""
+        self.check_token()
+        return self.prepare_store(store)
+
+    def discover_unit(self, tile: str, bbox: BBox, manifest: Manifest | str | Path | None = None) -> pd.DataFrame:
+        return self.discover_tile(tile, bbox, manifest)
+
+    def collect_unit(self, selected: pd.DataFrame, store: str | Path, manifest: Manifest | str | Path,
+                     tile: str) -> ImageCollection:
+        return self.download_tile(selected, store, manifest, label=tile)
 
     # everything --------------------------------------------------------------------------------
     def ingest(self, bbox: BBox, store: str | Path, manifest: str | Path | None = None,
@@ -209,13 +234,3 @@ def collection(images: pa.Table | pd.DataFrame, failures: list[tuple[str, str, s
     images = images.to_pandas()
     return ImageCollection(images.sort_values("image_id", ignore_index=True),
                            pd.DataFrame(failures, columns=list(FAILURE_COLUMNS)))
-
-
-def merge_collections(parts: list[ImageCollection]) -> ImageCollection:
-    """One collection from per-tile collections (images sorted by id, one row per id)."""
-    images = [p.images for p in parts if len(p.images)]
-    failures = [p.failures for p in parts if len(p.failures)]
-    merged = (pd.concat(images, ignore_index=True).drop_duplicates("image_id").sort_values("image_id", ignore_index=True)
-              if images else collection(pd.DataFrame(), []).images)
-    return ImageCollection(merged, pd.concat(failures, ignore_index=True) if failures
-                           else pd.DataFrame(columns=list(FAILURE_COLUMNS)))

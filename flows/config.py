@@ -1,0 +1,264 @@
+"""The typed run configuration: the one definition of a city-audit run's parameters.
+
+``RunConfig`` groups them (area, imagery, roads, model, adaptation, matching, outputs) with
+``bbox`` at the top. The ``city-audit run`` options are generated from these fields (same
+names, defaults and help: ``flows.cli_options``), the ``city-audit`` flow takes the groups as
+its parameters (Prefect renders them as a form and validates ``--param``), and ``run.json``
+records ``RunConfig.parameters()``. Adding a parameter is adding one field.
+
+Every value is checked here, in milliseconds and before Prefect starts: unknown names against
+the registries, files and folders for existence, heads against the backbone. Importing this
+module loads pydantic and the light registries only (no Prefect, torch, pandas or DuckDB).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from classify.registry import BACKBONES, adaptation_methods, check_backbone, check_heads_folder, check_weights
+from classify.schema import ATTRIBUTES
+from contracts.errors import CityAuditError, ConfigError
+from geo.bbox import DEFAULT_MAX_AREA_KM2, parse_bbox
+from geo.sources import IMAGERY_SOURCES, check_imagery, check_roads
+from warehouse.defaults import DEFAULT_CELL_SIZE_M, DEFAULT_HEADING_PENALTY_M, DEFAULT_MAX_DISTANCE_M
+
+
+
+def checked(check, *args):
+    """``check(*args)``, with a ``CityAuditError`` turned into the ``ValueError`` pydantic reports for the field."""
+    try:
+        return check(*args)
+    except CityAuditError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def option(default: Any = None, help: str = "", *, flag: str | None = None, **kwargs) -> Any:
+    """A configuration field: ``help`` is shown by ``--help`` and the Prefect form; ``flag`` is its CLI option
+    (default ``--<field-name>``)."""
+    extra = {"flag": flag} if flag else {}
+    return Field(default, description=help, json_schema_extra=extra or None, **kwargs)
+
+
+class Group(BaseModel):
+    """A group of run parameters: unknown keys are refused, values are checked as they are set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class AreaConfig(Group):
+    max_area_km2: float = option(DEFAULT_MAX_AREA_KM2, f"refuse larger boxes (default: {DEFAULT_MAX_AREA_KM2:g})", gt=0)
+
+
+class ImageryConfig(Group):
+    source: str = option("sample", f"imagery source: {' | '.join(IMAGERY_SOURCES)} (default: sample)")
+    images: str | None = option(None, "for --source folder: a folder with images and images.parquet/images.csv")
+    max_images: int | None = option(None, "stop after this many images", ge=1)
+    mapillary: dict[str, Any] = option(
+        {}, "a Mapillary option, repeatable: discovery=tiles|search, captured_after=2023-01-01, panoramas=yes|no|only, "
+            "min_spacing_m=5, thumb_size=1024, search_rpm=8000, token_secret=NAME, ... (docs/mapillary.md); the token "
+            "comes from MAPILLARY_ACCESS_TOKEN", flag="--mapillary")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, source: str) -> str:
+        return checked(IMAGERY_SOURCES.get, source).name
+
+    @field_validator("images", "mapillary")
+    @classmethod
+    def _source_can_work(cls, value: Any, info: ValidationInfo) -> Any:
+        if "source" in info.data:  # else the source itself was refused
+            images = value if info.field_name == "images" else info.data.get("images")
+            options = value if info.field_name == "mapillary" else {}
+            checked(check_imagery, info.data["source"], images, options)
+        return value
+
+
+class RoadsConfig(Group):
+    roads: str = option("sample", "'sample', a local OSM extract (.osm.pbf), or a GeoParquet/GeoPackage/GeoJSON of road lines")
+    road_classes: str | None = option(None, "for .osm.pbf: comma-separated highway values to keep (default: the "
+                                            "drivable network, living streets, service and pedestrian streets)")
+    max_segment_length_m: float | None = option(None, "for .osm.pbf: split segments longer than this into equal parts "
+                                                      "(default: 100)", gt=0)
+
+    @field_validator("roads")
+    @classmethod
+    def _roads_exist(cls, roads: str) -> str:
+        checked(check_roads, roads)
+        return roads
+
+
+class ModelConfig(Group):
+    model: str = option("vit-b16", f"backbone: {' | '.join(BACKBONES)} (city-audit models; default: vit-b16)")
+    weights: str | None = option(None, "local checkpoint file for the backbone (default: $CITY_AUDIT_WEIGHTS or download)")
+    device: str | None = option(None, "cpu, cuda, cuda:1, mps (default: the best available)")
+    batch_size: int = option(32, "images per backbone batch (default: 32)", ge=1)
+    heads: str | None = option(None, "folder of trained head checkpoints (city-audit train); zero-shot for the rest")
+    feature_cache: str | None = option(None, "folder that keeps backbone outputs per image for re-running heads")
+    gpu_decode: bool = option(False, "decode JPEGs on the device (nvJPEG on CUDA)")
+
+    @field_validator("model")
+    @classmethod
+    def _known_backbone(cls, model: str) -> str:
+        return checked(check_backbone, model).name
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_exist(cls, weights: str | None) -> str | None:
+        if weights is not None:
+            checked(check_weights, weights)
+        return weights
+
+    @field_validator("heads")
+    @classmethod
+    def _heads_fit(cls, heads: str | None, info: ValidationInfo) -> str | None:
+        if heads is not None and "model" in info.data:
+            checked(check_heads_folder, heads, info.data["model"])
+        return heads
+
+
+class AdaptationConfig(Group):
+    adapt: str | None = option(None, "adapt to this run's own images first (microCLIP or FAIR-style (reconstructed)) "
+                                     "and predict with the adapted heads")
+    adapt_attributes: list[str] | None = option(None, "attributes to adapt (default: all)")
+    epochs: int | None = option(None, "self-training epochs (default 15)", ge=1)
+    max_steps: int | None = option(None, "stop after this many optimizer steps (bounded time)", ge=1)
+    adapt_batch_size: int | None = option(None, "self-training batch (default 64)", ge=1)
+    lr: float | None = option(None, "self-training learning rate (default 1e-4)", gt=0)
+    crops: int | None = option(None, "random crops per image (default 8)", ge=1)
+    strong: Literal["auto", "randaugment", "geometric"] | None = option(
+        None, "student augmentation (default auto: geometric for photometric attributes)")
+    seed: int | None = option(None, "self-training seed (default 0)")
+    num_workers: int | None = option(None, "decoding worker processes", ge=0)
+
+    @field_validator("adapt")
+    @classmethod
+    def _known_method(cls, method: str | None) -> str | None:
+        if method is not None and method not in adaptation_methods():
+            raise ValueError(f"unknown adaptation method {method!r}; choose from {', '.join(adaptation_methods())}")
+        return method
+
+    @field_validator("adapt_attributes")
+    @classmethod
+    def _known_attributes(cls, names: list[str] | None) -> list[str] | None:
+        unknown = [n for n in names or [] if n not in ATTRIBUTES]
+        if unknown:
+            raise ValueError(f"unknown attribute(s) {unknown}; choose from {', '.join(ATTRIBUTES)}")
+        return names
+
+    def loop_options(self) -> dict[str, Any]:
+        """The ``classify.adapt.AdaptConfig`` overrides that are set (None keeps the reference value)."""
+        names = {"epochs": "epochs", "max_steps": "max_steps", "adapt_batch_size": "batch_size", "lr": "lr",
+                 "crops": "n_crops", "strong": "strong", "seed": "seed", "num_workers": "num_workers"}
+        return {field: getattr(self, name) for name, field in names.items() if getattr(self, name) is not None}
+
+
+class MatchingConfig(Group):
+    max_distance_m: float = option(DEFAULT_MAX_DISTANCE_M, "largest image-to-road distance that counts as a match "
+                                                           f"(default: {DEFAULT_MAX_DISTANCE_M:g})", gt=0)
+    heading_penalty_m: float = option(DEFAULT_HEADING_PENALTY_M, "a road across a camera's heading counts this many "
+                                      f"metres further away when matching (default: {DEFAULT_HEADING_PENALTY_M:g}; "
+                                      "0 = plain nearest)", ge=0)
+
+
+class OutputsConfig(Group):
+    out: str = option("outputs/city-audit", "output folder (default: outputs/city-audit)")
+    by_year: bool = option(False, "also aggregate each segment per capture year")
+    tiles: bool = option(False, "also write GeoParquet partitioned by z14 tile (tiles/segments/tile=.../<run_id>.parquet)")
+    cell_size_m: float = option(DEFAULT_CELL_SIZE_M, f"cell size of coverage.tif (default: {DEFAULT_CELL_SIZE_M:g})", gt=0)
+
+    @field_validator("out")
+    @classmethod
+    def _out_is_a_folder(cls, out: str) -> str:
+        if Path(out).expanduser().is_file():
+            raise ValueError(f"{out!r} is a file; --out must be a folder (new or from an earlier run)")
+        return out
+
+
+#: The groups of ``RunConfig`` in pipeline order: also the flow's parameters after ``bbox``.
+GROUPS: dict[str, type[Group]] = {
+    "area": AreaConfig, "imagery": ImageryConfig, "roads": RoadsConfig, "model": ModelConfig,
+    "adaptation": AdaptationConfig, "matching": MatchingConfig, "outputs": OutputsConfig,
+}
+
+
+class RunConfig(BaseModel):
+    """Every parameter of a ``city-audit`` run, checked: the CLI, the flow, the deployment and ``run.json`` share it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    area: AreaConfig = AreaConfig()  # before bbox: the area limit applies to it
+    bbox: list[float] = Field(description="minlon,minlat,maxlon,maxlat in WGS84, or a JSON list")
+    imagery: ImageryConfig = ImageryConfig()
+    roads: RoadsConfig = RoadsConfig()
+    model: ModelConfig = ModelConfig()
+    adaptation: AdaptationConfig = AdaptationConfig()
+    matching: MatchingConfig = MatchingConfig()
+    outputs: OutputsConfig = OutputsConfig()
+
+    @field_validator("bbox", mode="before")
+    @classmethod
+    def _parse_bbox(cls, bbox: Any, info: ValidationInfo) -> list[float]:
+        limit = info.data["area"].max_area_km2 if "area" in info.data else DEFAULT_MAX_AREA_KM2
+        return parse_bbox(bbox, max_area_km2=limit).as_list()
+
+    def parameters(self) -> dict[str, Any]:
+        """The configuration as plain JSON values, grouped as the flow takes it (what ``run.json`` records)."""
+        return self.model_dump(mode="json")
+
+    def flow_parameters(self) -> dict[str, Any]:
+        """Keyword arguments of the ``city-audit`` flow."""
+        return {"bbox": self.bbox, **{name: getattr(self, name) for name in GROUPS}}
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.outputs.out).expanduser().resolve()
+
+
+def cli_flag(group: str, field: str) -> str:
+    """The ``city-audit run`` option of a configuration field, e.g. ``--max-distance-m``."""
+    if group == "bbox":
+        return "--bbox"
+    extra = GROUPS[group].model_fields[field].json_schema_extra or {}
+    return extra.get("flag") or f"--{field.replace('_', '-')}"
+
+
+def build_config(values: dict[str, Any], *, flag_names: bool = True) -> RunConfig:
+    """A checked ``RunConfig`` from ``{"bbox": ..., group: {field: value}}``; ``ConfigError`` names the bad field.
+
+    ``flag_names``: name the field as its command-line option (``--model``) rather than its
+    parameter path (``model.model``) in the error.
+    """
+    try:
+        return RunConfig.model_validate(values)
+    except ValidationError as exc:  # the first error is the one to fix first
+        error = exc.errors()[0]
+        location = [str(part) for part in error["loc"]]
+        group, field = (location + ["", ""])[:2]
+        name = (cli_flag(group, field) if flag_names and (group == "bbox" or field in GROUPS.get(group, Group).model_fields)
+                else ".".join(location) or "configuration")
+        cause = error.get("ctx", {}).get("error")
+        message = str(cause) if isinstance(cause, Exception) else error["msg"]
+        got = error.get("input")
+        message = message.removeprefix("Value error, ")
+        shown = "" if got is None or isinstance(got, dict) or str(got) in message else f" (got {json.dumps(got, default=str)})"
+        raise ConfigError(name, f"{message}{shown}") from None
+
+
+def _owners() -> dict[str, str]:
+    return {field: group for group, model in GROUPS.items() for field in model.model_fields}
+
+
+def run_config(**options: Any) -> RunConfig:
+    """A checked ``RunConfig`` from flat options named as on the command line (``bbox``, ``source``, ``model``,
+    ``out``, ...): each field name belongs to exactly one group."""
+    owners = _owners()
+    grouped: dict[str, Any] = {"bbox": options.pop("bbox", None)}
+    for name, value in options.items():
+        if name not in owners:
+            raise ConfigError(name, f"unknown run option; known: {', '.join(sorted(owners))}")
+        grouped.setdefault(owners[name], {})[name] = value
+    return build_config(grouped)

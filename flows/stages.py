@@ -1,0 +1,130 @@
+"""The stages of the ``city-audit`` flow as Prefect tasks: each calls one function of a package.
+
+``@stage`` makes a task that is never cached (stages resume from their own files on disk) and
+records its wall time in the run's timings (``timings()``), so the flow needs no wrapper
+around each call.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
+
+import geopandas as gpd
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+import classify.backbone
+import geo.roads
+from classify.backbone import Backbone
+from classify.schema import ATTRIBUTES
+from classify.stage import ClassificationResult, classify_image_store
+from contracts.results import ImageCollection, RunFolder
+from contracts.notices import untrained_warning
+from contracts.tables import failures_frame
+from flows.collect import collect_by_unit
+from flows.config import AdaptationConfig, ImageryConfig, MatchingConfig, ModelConfig, OutputsConfig, RoadsConfig
+from geo.bbox import BBox
+from geo.imagery import make_source
+from warehouse.build import AuditCounts
+from warehouse.publish import publish_run
+from warehouse.runs import build_run_database
+
+_TIMINGS: ContextVar[dict[str, float] | None] = ContextVar("city_audit_timings", default=None)
+
+
+@contextmanager
+def timings() -> Iterator[dict[str, float]]:
+    """Collect the wall time of every stage run inside the block, by stage function name."""
+    recorded: dict[str, float] = {}
+    token = _TIMINGS.set(recorded)
+    try:
+        yield recorded
+    finally:
+        _TIMINGS.reset(token)
+
+
+def stage(name: str):
+    """A never-cached Prefect task named ``name`` whose wall time goes into ``timings()``."""
+    def decorate(function):
+        @functools.wraps(function)
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                recorded = _TIMINGS.get()
+                if recorded is not None:
+                    recorded[function.__name__] = time.perf_counter() - start
+
+        return task(name=name, cache_policy=NO_CACHE)(timed)
+
+    return decorate
+
+
+@stage("collect images")
+def collect_images(area: BBox, imagery: ImageryConfig, folder: RunFolder) -> ImageCollection:
+    """Images of the configured source in ``area``, one task per work unit of the source."""
+    source = make_source(imagery.source, imagery.images, options=imagery.mapillary)
+    return collect_by_unit(source, area, folder.store, folder.work, imagery.max_images)
+
+
+@stage("load road segments")
+def load_road_segments(area: BBox, roads: RoadsConfig) -> gpd.GeoDataFrame:
+    return geo.roads.load_road_segments(area, roads.roads, road_classes=roads.road_classes,
+                              max_segment_length_m=roads.max_segment_length_m)
+
+
+@stage("load backbone")
+def load_backbone(model: ModelConfig) -> Backbone:
+    """The run's backbone, loaded once and shared by adaptation and classification."""
+    backbone = classify.backbone.load_backbone(model.model, weights=model.weights, device=model.device)
+    if not backbone.trained:
+        get_run_logger().warning(untrained_warning(model.model))
+    return backbone
+
+
+@stage("adapt to the city")
+def adapt_to_city(collection: ImageCollection, folder: RunFolder, adaptation: AdaptationConfig, backbone: Backbone,
+                  trained_heads: str | None) -> dict:
+    from classify.adapt import adapt_image_store  # imported on use: open_clip training parts, timm
+
+    return adapt_image_store(collection.images, folder.store, adaptation.adapt,
+                             list(adaptation.adapt_attributes or ATTRIBUTES), folder.work / f"adapted-{adaptation.adapt}",
+                             backbone=backbone, options=adaptation.loop_options(), trained_heads=trained_heads,
+                             progress=False)
+
+
+@stage("classify images")
+def classify_images(collection: ImageCollection, folder: RunFolder, backbone: Backbone, model: ModelConfig,
+                    heads: str | None) -> ClassificationResult:
+    return classify_image_store(collection.images, folder.store, backbone=backbone, batch_size=model.batch_size,
+                                cache_dir=folder.work, heads=heads, feature_cache=model.feature_cache,
+                                device_decode=model.gpu_decode)
+
+
+@stage("build audit database")
+def build_audit_database(folder: RunFolder, area: BBox, collection: ImageCollection, segments: gpd.GeoDataFrame,
+                   classified: ClassificationResult, matching: MatchingConfig, outputs: OutputsConfig) -> AuditCounts:
+    return build_run_database(folder, images=collection.images, segments=segments, predictions=classified.predictions,
+                              failures=run_failures(collection, classified), metric_crs=area.utm_crs(), max_distance_m=matching.max_distance_m,
+                              heading_penalty_m=matching.heading_penalty_m, slice_by_year=outputs.by_year)
+
+
+@stage("publish outputs")
+def publish_outputs(folder: RunFolder, area: BBox, model_trained: bool, matching: MatchingConfig,
+                    outputs: OutputsConfig) -> dict[str, str]:
+    return publish_run(folder.database, folder.out, {name: a.classes for name, a in ATTRIBUTES.items()},
+                       metric_crs=area.utm_crs(), run_id=folder.run_id, model_trained=model_trained,
+                       max_distance_m=matching.max_distance_m, cell_size_m=outputs.cell_size_m,
+                       partition_by_tile=outputs.tiles)
+
+
+def run_failures(collection: ImageCollection, classified: ClassificationResult) -> pd.DataFrame:
+    """Every failure of the run: collection's, then classification's."""
+    parts = [f for f in (collection.failures, classified.failures) if len(f)]
+    return pd.concat(parts, ignore_index=True) if parts else failures_frame()

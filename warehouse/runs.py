@@ -1,0 +1,61 @@
+"""The end of a run: its database moved into place, its attribution, its summary and ``run.json``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import geopandas as gpd
+import pandas as pd
+import pyarrow as pa
+
+from contracts.results import RunFolder
+from warehouse.build import AuditCounts, build_audit_database
+from warehouse.manifest import write_manifest
+
+SCHEMA_ATTRIBUTION = "attribute schema: Global StreetScapes (Hou et al. 2024, ISPRS J. 215:216-238)"
+
+
+def build_run_database(folder: RunFolder, *, images: pd.DataFrame, segments: gpd.GeoDataFrame,
+                       predictions: pa.Table, failures: pd.DataFrame, metric_crs: str, max_distance_m: float,
+                       heading_penalty_m: float, slice_by_year: bool) -> AuditCounts:
+    """Build the run's ``audit.duckdb`` beside its place and move it there once complete; returns the row counts."""
+    partial = folder.out / ".audit.duckdb.partial"
+    counts = build_audit_database(partial, images=images, segments=segments, predictions=predictions,
+                                  failures=failures, run_id=folder.run_id, metric_crs=metric_crs,
+                                  max_distance_m=max_distance_m, heading_penalty_m=heading_penalty_m,
+                                  slice_by_year=slice_by_year)
+    os.replace(partial, folder.database)
+    return counts
+
+
+def attribution(*sources: str) -> list[str]:
+    """The credit lines of a run: each source's (imagery, roads), then the attribute schema's."""
+    return [*sources, SCHEMA_ATTRIBUTION]
+
+
+def finish_run(folder: RunFolder, *, parameters: Mapping[str, Any], model: Mapping[str, Any],
+               adaptation: Mapping[str, Any] | None, counts: AuditCounts, failures: pd.DataFrame,
+               predictions_reused: bool, outputs: Mapping[str, str], timings_s: Mapping[str, float],
+               credits: list[str]) -> dict[str, Any]:
+    """Write ``run.json`` and return the run summary (counts, outputs, what was adapted)."""
+    summary = {
+        "run_id": folder.run_id,
+        "out": str(folder.out),
+        "model_trained": bool(model["trained"]),
+        "images": counts.images,
+        "matched_images": counts.matched_images,
+        "segments": counts.segments,
+        "segments_with_predictions": counts.segments_with_images,
+        "predictions": counts.predictions,
+        "failures": len(failures),
+        "predictions_reused": predictions_reused,
+        "adapted": adaptation,
+    }
+    outputs = {**outputs, "database": str(folder.database), "image_store": str(folder.store)}
+    outputs["manifest"] = str(write_manifest(
+        folder.manifest, run_id=folder.run_id, parameters=parameters,
+        model={**model, **({"adaptation": adaptation} if adaptation else {})},
+        counts={k: v for k, v in summary.items() if isinstance(v, int) and not isinstance(v, bool)},
+        timings_s=timings_s, failures=failures.to_dict("records"), outputs=outputs, attribution=credits))
+    return {**summary, "outputs": outputs}
