@@ -16,7 +16,7 @@ from prefect.runtime import flow_run
 
 from contracts.results import RunFolder
 from flows.config import (AdaptationConfig, AreaConfig, ImageryConfig, MatchingConfig, ModelConfig, OutputsConfig,
-                          RoadsConfig, build_config)
+                          RoadsConfig, build_config, run_config)
 from flows.stages import (adapt_to_city, build_audit_database, classify_images, collect_images, load_backbone,
                           load_road_segments, publish_outputs, run_failures, timings)
 from geo.bbox import BBox
@@ -50,3 +50,9 @@ def city_audit(bbox: str | list[float], area: AreaConfig = AreaConfig(), imagery
     return finish_run(folder, parameters=config.parameters(), model=classified.model, adaptation=adapted, counts=counts,
                       failures=run_failures(collection, classified), predictions_reused=classified.reused,
                       outputs=published, timings_s=timings_s, credits=credits)
+
+
+def audit(**options) -> dict:
+    """Run the flow from flat options named as on the command line: ``audit(bbox="9.16,48.76,9.18,48.78",
+    source="sample", model="tiny", out="outputs/x")``; each is checked before the flow starts."""
+    return city_audit(**run_config(**options).flow_parameters())

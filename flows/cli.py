@@ -28,7 +28,7 @@ DEPLOYMENT_NAME = "local"
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = run_config(**_config_options(args))  # every value checked in milliseconds, before Prefect starts
+    config = run_config(**config_options(args))  # every value checked in milliseconds, before Prefect starts
     if config.imagery.source == "mapillary":
         from geo.mapillary.options import resolve_token
 
@@ -66,7 +66,7 @@ def _key_value(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def add_config_options(parser: argparse.ArgumentParser) -> None:
+def addconfig_options(parser: argparse.ArgumentParser) -> None:
     """One option per ``RunConfig`` field, in group order, with the field's name, default and help.
 
     Values reach the configuration as typed on the command line; its fields convert and check them."""
@@ -88,7 +88,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                 options.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=field.description)
 
 
-def _config_options(args: argparse.Namespace) -> dict:
+def config_options(args: argparse.Namespace) -> dict:
     """The run options given on the command line, by configuration field name."""
     options = {"bbox": args.bbox}
     for key, value in vars(args).items():
@@ -98,53 +98,39 @@ def _config_options(args: argparse.Namespace) -> dict:
 
 
 def _adapt(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    from classify.adapt_eval import adaptation_table
+    from classify.jobs import adapt_heads
 
-    from classify.adapt import AdaptConfig, adapt_images, get_method, image_files, method_config
-    from classify.adapt_eval import adaptation_table, compare_adapted
-    from classify.backbone import load_backbone
-
-    attributes = list(ATTRIBUTES) if args.attribute == ["all"] else args.attribute
-    spec = get_method(args.method)
     loop = AdaptationConfig(**{k.removeprefix("config."): v for k, v in vars(args).items() if k.startswith("config.")})
-    config = replace(AdaptConfig(), **loop.loop_options())
-    files = image_files(args.images)
-    backbone = load_backbone(args.model, weights=args.weights, device=args.device)
-    print(f"{spec.display_name}: adapting {', '.join(attributes)} on {len(files)} unlabelled images")
-    results = adapt_images(args.method, files, attributes, backbone, args.out, config=config,
-                           method_config=method_config(args.method, args.set))
-    reports = [compare_adapted(name, args.eval_data, backbone, args.out, args.out, split=args.eval_split)
-               for name in attributes] if args.eval_data else []
-    if not backbone.trained:
+    job = adapt_heads(args.method, args.images, None if args.attribute == ["all"] else args.attribute, args.out,
+                      model=args.model, weights=args.weights, device=args.device, options=loop.loop_options(),
+                      method_options=args.set, eval_data=args.eval_data, eval_split=args.eval_split,
+                      on_start=lambda name, n: print(f"{name}: adapting on {n} unlabelled images"))
+    if not job.backbone_trained:
         print(f"WARNING: {untrained_warning(args.model, 'these adapted heads are')}")
-    for name, result in results.items():
+    for name, result in job.results.items():
         counts = result.history[-1]["pseudo_label_counts"] if result.history else {}
         how = "reused an identical earlier adaptation" if result.reused else \
             f"{result.history[-1]['steps'] if result.history else 0} steps"
         print(f"{name}: {how}, last-epoch pseudo-labels {counts} -> {result.checkpoint}")
-    if reports:
-        print(f"zero-shot vs {spec.display_name} on {args.eval_data} ({args.eval_split}):")
-        print(adaptation_table(reports))
+    if job.reports:
+        print(f"zero-shot vs {job.method_name} on {args.eval_data} ({args.eval_split}):")
+        print(adaptation_table(job.reports))
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from classify.backbone import load_backbone
-    from classify.mhadapter import AdapterConfig
-    from classify.train import REFERENCE_ADAPTERS, TrainConfig, train_attribute, with_overrides
+    from classify.jobs import train_head
 
-    config = with_overrides(TrainConfig(), mode=args.mode, epochs=args.epochs, batch_size=args.batch_size,
-                            lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
-                            class_weighting=args.class_weighting, seed=args.seed, num_workers=args.num_workers)
-    reference = REFERENCE_ADAPTERS[args.attribute]
-    adapter = AdapterConfig(heads=args.attention_heads or reference.heads, blend=args.blend or reference.blend)
-    backbone = load_backbone(args.model, weights=args.weights, device=args.device)
-    result = train_attribute(args.attribute, args.data, backbone, args.out, config=config, adapter=adapter,
-                             resume=args.resume, cache_dir=args.cache_dir)
-    best = result.fit.best_metrics
-    if not backbone.trained:
+    job = train_head(args.attribute, args.data, args.out, model=args.model, weights=args.weights, device=args.device,
+                     mode=args.mode, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                     weight_decay=args.weight_decay, patience=args.patience, class_weighting=args.class_weighting,
+                     attention_heads=args.attention_heads, blend=args.blend, seed=args.seed,
+                     num_workers=args.num_workers, resume=args.resume, cache_dir=args.cache_dir)
+    result, best = job.result, job.result.fit.best_metrics
+    if not job.backbone_trained:
         print(f"WARNING: {untrained_warning(args.model, 'this head is')}")
-    print(f"{args.attribute}: trained on {result.n_train}, validated on {result.n_val} images ({config.mode} mode)")
+    print(f"{args.attribute}: trained on {result.n_train}, validated on {result.n_val} images ({job.mode} mode)")
     print(f"best epoch {result.fit.best_epoch}: val accuracy {best['accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f}"
           f"{' (stopped early)' if result.fit.stopped_early else ''}")
     print(f"checkpoint: {result.checkpoint}")
@@ -208,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="audit a bounding box (runs the city-audit flow)")
-    add_config_options(run)
+    addconfig_options(run)
     run.set_defaults(handler=_run)
 
     adapt = commands.add_parser("adapt", help="unsupervised adaptation to a city's own images: microCLIP or "

@@ -70,11 +70,12 @@ class ImageryConfig(Group):
     @field_validator("images", "mapillary")
     @classmethod
     def _source_can_work(cls, value: Any, info: ValidationInfo) -> Any:
-        if "source" in info.data:  # else the source itself was refused
-            images = value if info.field_name == "images" else info.data.get("images")
-            options = value if info.field_name == "mapillary" else {}
-            checked(check_imagery, info.data["source"], images, options)
-        return value
+        if "source" not in info.data:  # the source itself was refused
+            return value
+        if info.field_name == "images":
+            checked(check_imagery, info.data["source"], value, {})
+            return value
+        return checked(check_imagery, info.data["source"], info.data.get("images"), value)
 
 
 class RoadsConfig(Group):

@@ -87,8 +87,8 @@ def check_images_folder(images: str | os.PathLike | None) -> Path:
     return folder
 
 
-def check_imagery(source: str, images: str | None, options: Mapping[str, Any] | None) -> ImagerySourceSpec:
-    """Validate an imagery source with its options without building it; returns its spec."""
+def check_imagery(source: str, images: str | None, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate an imagery source with its options without building it; returns the options with typed values."""
     spec = IMAGERY_SOURCES.get(source)
     if spec.needs_folder:
         check_images_folder(images)
@@ -96,11 +96,12 @@ def check_imagery(source: str, images: str | None, options: Mapping[str, Any] | 
         raise ImagerySourceError(f"--images is for source 'folder'; source {source!r} does not read a folder")
     if options and not spec.takes_options:
         raise ImagerySourceError(f"Mapillary options (-m) need --source mapillary, not {source!r}")
-    if spec.takes_options:
-        from geo.mapillary.options import MapillaryOptions
+    if not spec.takes_options:
+        return {}
+    from geo.mapillary.options import MapillaryOptions
 
-        MapillaryOptions.from_mapping(options)
-    return spec
+    typed = MapillaryOptions.from_mapping(options)
+    return {name: getattr(typed, name) for name in options or {}}
 
 
 @dataclass(frozen=True)

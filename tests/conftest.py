@@ -47,10 +47,10 @@ def tiny_backbone():
 @pytest.fixture(scope="session")
 def sample_run(tmp_path_factory, prefect_harness) -> dict:
     """One city-audit flow run over the bundled Stuttgart sample with the tiny model."""
-    from flows.city_audit import city_audit
+    from flows.city_audit import audit
 
     out = tmp_path_factory.mktemp("sample-run")
-    return city_audit(bbox=SAMPLE_BBOX, source="sample", model="tiny", out=str(out), device="cpu")
+    return audit(bbox=SAMPLE_BBOX, source="sample", model="tiny", out=str(out), device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -11,16 +11,16 @@ from tests.adapt_support import SAMPLE
 from tests.conftest import SAMPLE_BBOX
 from tests.mhadapter_support import FAST, feature_cache_dir, pano_csv, trained_heads  # noqa: F401 - fixtures
 
-FAST_OPTIONS = {"epochs": 1, "max_steps": 1, "batch_size": 4, "n_crops": 2, "num_workers": 0}
+FAST_OPTIONS = {"epochs": 1, "max_steps": 1, "adapt_batch_size": 4, "crops": 2, "num_workers": 0}
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("method", ["microclip", "fair"])
 def test_city_audit_adapts_on_its_own_images_and_records_the_method(prefect_harness, tmp_path, method, trained_heads):
-    from flows.city_audit import city_audit
+    from flows.city_audit import audit
 
-    summary = city_audit(bbox=SAMPLE_BBOX, source="sample", model="tiny", out=str(tmp_path / "run"), device="cpu",
-                         adapt=method, adapt_attributes=["weather", "glare"], adapt_options=FAST_OPTIONS,
+    summary = audit(bbox=SAMPLE_BBOX, source="sample", model="tiny", out=str(tmp_path / "run"), device="cpu",
+                         adapt=method, adapt_attributes=["weather", "glare"], **FAST_OPTIONS,
                          heads=str(trained_heads.checkpoint.parent))  # a trained pano_status head keeps serving
     with duckdb.connect(summary["outputs"]["database"], read_only=True) as db:
         methods = dict(db.sql("select attribute, string_agg(distinct method) from predictions group by 1").fetchall())
@@ -30,7 +30,7 @@ def test_city_audit_adapts_on_its_own_images_and_records_the_method(prefect_harn
     assert set(methods.values()) == {"zeroshot"} and len(methods) == 5
     assert n_weather == summary["images"] == 19
     manifest = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert manifest["parameters"]["adapt"] == method
+    assert manifest["parameters"]["adaptation"]["adapt"] == method
     adaptation = manifest["model"]["adaptation"]
     assert adaptation["n_images"] == 19 and set(adaptation["checkpoints"]) == {"weather", "glare"}
     assert manifest["model"]["heads"]["weather"]["method"] == method

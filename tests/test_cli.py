@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from flows.cli import build_parser, main
+from flows.cli import build_parser, config_options, main
+from flows.config import run_config
 
 
 def _cli(*args):
@@ -32,5 +33,6 @@ def test_models_lists_the_registry(capsys):
 
 
 def test_run_defaults_are_the_real_model_and_sample_source():
-    args = build_parser().parse_args(["run", "--bbox", "1,2,3,4"])
-    assert (args.model, args.source, args.roads, args.max_distance_m) == ("vit-b16", "sample", "sample", 25.0)
+    config = run_config(**config_options(build_parser().parse_args(["run", "--bbox", "9.16,48.76,9.18,48.78"])))
+    assert (config.model.model, config.imagery.source, config.roads.roads, config.matching.max_distance_m) == \
+        ("vit-b16", "sample", "sample", 25.0)

@@ -97,11 +97,11 @@ def test_matches_agree_with_global_streetscapes_snapping(sample_run, shared_samp
 
 
 def test_a_rerun_reuses_finished_work(sample_run, prefect_harness):
-    from flows.city_audit import city_audit
+    from flows.city_audit import audit
 
     out = Path(sample_run["out"])
     before = gpd.read_parquet(out / "images.parquet")
-    again = city_audit(bbox=SAMPLE_BBOX, source="sample", model="tiny", out=str(out), device="cpu")
+    again = audit(bbox=SAMPLE_BBOX, source="sample", model="tiny", out=str(out), device="cpu")
     assert again["predictions_reused"] is True
     after = gpd.read_parquet(out / "images.parquet")
     pd.testing.assert_frame_equal(before.drop(columns="geometry"), after.drop(columns="geometry"))
@@ -109,8 +109,8 @@ def test_a_rerun_reuses_finished_work(sample_run, prefect_harness):
 
 
 def test_the_flow_refuses_a_bad_bbox_before_any_work(prefect_harness, tmp_path):
-    from flows.city_audit import city_audit
+    from flows.city_audit import audit
 
     with pytest.raises(Exception, match="swapped"):
-        city_audit(bbox="9.18,48.76,9.16,48.78", source="sample", model="tiny", out=str(tmp_path / "x"))
+        audit(bbox="9.18,48.76,9.16,48.78", source="sample", model="tiny", out=str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()

@@ -69,7 +69,7 @@ def test_city_audit_run_with_mapillary_end_to_end_and_no_token_anywhere(tmp_path
     run = json.loads((out / "run.json").read_text())
     assert run["counts"]["images"] == MAX_IMAGES < len(city.images) and run["failures"] == []
     assert run["counts"]["matched_images"] == MAX_IMAGES  # every image lies on a street of the city
-    assert run["parameters"]["source"] == "mapillary"
+    assert run["parameters"]["imagery"]["source"] == "mapillary"
     assert any("CC BY-SA 4.0, © Mapillary contributors" in line for line in run["attribution"])
     images = gpd.read_parquet(out / "images.parquet")
     assert len(images) == MAX_IMAGES and set(images["source"]) == {"mapillary"}
@@ -105,12 +105,12 @@ def test_city_audit_run_with_mapillary_end_to_end_and_no_token_anywhere(tmp_path
 
 
 def test_flow_with_an_invalid_token_stops_with_the_reason(tmp_path, city, mly_env, prefect_harness, monkeypatch):
-    from flows.city_audit import city_audit
+    from flows.city_audit import audit
 
     monkeypatch.setenv("MAPILLARY_ACCESS_TOKEN", "MLY|1|not-the-right-one")
     roads = city.roads_geojson(tmp_path / "roads.geojson")
     with pytest.raises(InvalidTokenError, match="190") as info:
-        city_audit(bbox=str(city_bbox(city)), source="mapillary", roads=str(roads), model="tiny", device="cpu",
+        audit(bbox=str(city_bbox(city)), source="mapillary", roads=str(roads), model="tiny", device="cpu",
                    out=str(tmp_path / "run"), mapillary={**FAST, "discovery": "search"})
     assert "not-the-right-one" not in str(info.value)
 

@@ -71,9 +71,9 @@ def test_device_decode_matches_pil_decoding_and_records_bad_files(tiny_backbone,
 
 @pytest.mark.integration
 def test_flow_uses_the_heads_folder_and_records_the_method(prefect_harness, trained_heads, tmp_path):
-    from flows.city_audit import city_audit
+    from flows.city_audit import audit
 
-    summary = city_audit(bbox=SAMPLE_BBOX, source="sample", model="tiny", out=str(tmp_path / "run"), device="cpu",
+    summary = audit(bbox=SAMPLE_BBOX, source="sample", model="tiny", out=str(tmp_path / "run"), device="cpu",
                          heads=str(trained_heads.checkpoint.parent))
     with duckdb.connect(summary["outputs"]["database"], read_only=True) as db:
         rows = dict(db.sql("select attribute, string_agg(distinct method) from predictions group by 1").fetchall())

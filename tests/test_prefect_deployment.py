@@ -13,6 +13,7 @@ import geopandas as gpd
 import pytest
 
 from conftest import REPO
+from flows.config import run_config
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -77,13 +78,15 @@ def served_deployment(tmp_path_factory):
 def test_deployment_run_with_bbox_param(served_deployment, tmp_path, bbox):
     out = tmp_path / "out"
     command = [BIN / "prefect", "deployment", "run", "city-audit/local", "--param", f"bbox={bbox}",
-               "--param", "model=tiny", "--param", "device=cpu", "--param", f"out={out}",
+               "--param", 'model={"model": "tiny", "device": "cpu"}', "--param", f'outputs={{"out": "{out}"}}',
                "--watch", "--watch-interval", "2", "--watch-timeout", "400"]
     result = subprocess.run(command, env=served_deployment, capture_output=True, text=True, timeout=450)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Completed" in result.stdout
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["parameters"]["bbox"] == [9.16, 48.76, 9.18, 48.78]
+    # the same configuration as `city-audit run --bbox ... --model tiny --device cpu --out ...` records
+    assert manifest["parameters"] == run_config(bbox=bbox, model="tiny", device="cpu", out=str(out)).parameters()
     assert manifest["model_trained"] is False and manifest["counts"]["images"] == 19
     assert len(gpd.read_parquet(out / "segments.parquet")) == 190
     assert (out / "audit.duckdb").is_file()

@@ -23,7 +23,7 @@ BBOX = "26.94,60.525,26.96,60.535"
 @pytest.fixture(scope="module")
 def pbf_run(tmp_path_factory, prefect_harness):
     """Four sample photos placed in Finland: three on OSM roads (two years), one far from any road."""
-    from flows.city_audit import city_audit
+    from flows.city_audit import audit
 
     segments = read_osm_road_segments(PBF, parse_bbox(BBOX)).to_crs("EPSG:32635")
     folder = tmp_path_factory.mktemp("finland-images")
@@ -41,8 +41,8 @@ def pbf_run(tmp_path_factory, prefect_harness):
                   "captured_at": ["2022-06-01T10:00:00Z", "2023-06-01T10:00:00Z", "2023-07-01T10:00:00Z", "2023-08-01T10:00:00Z"],
                   }).to_parquet(folder / "images.parquet")
     out = tmp_path_factory.mktemp("pbf-run")
-    summary = city_audit(bbox=BBOX, source="folder", images=str(folder), roads=str(PBF), model="tiny", out=str(out),
-                         device="cpu", max_segment_length_m=80, slice_by_year=True, partition_by_tile=True)
+    summary = audit(bbox=BBOX, source="folder", images=str(folder), roads=str(PBF), model="tiny", out=str(out),
+                         device="cpu", max_segment_length_m=80, by_year=True, tiles=True)
     return summary, photos
 
 
