@@ -26,18 +26,8 @@ from tqdm.auto import tqdm
 
 from classify.backbone import Backbone, ImageFeatures
 from classify.heads import Head
+from contracts.tables import PREDICTIONS
 
-PREDICTION_SCHEMA = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("attribute", pa.string()),
-        ("label", pa.string()),
-        ("confidence", pa.float32()),
-        ("probabilities", pa.map_(pa.string(), pa.float32())),
-        ("method", pa.string()),
-        ("model_id", pa.string()),
-    ]
-)
 
 
 class _ImageFiles(Dataset):
@@ -139,7 +129,7 @@ def image_batches(files: list[str], backbone: Backbone, *, batch_size: int = 32,
 
 @dataclass
 class PredictionResult:
-    predictions: pa.Table  # PREDICTION_SCHEMA
+    predictions: pa.Table  # PREDICTIONS
     failures: pd.DataFrame  # image_id, stage, reason
 
 
@@ -180,7 +170,7 @@ def predict_attributes(images: pd.DataFrame, backbone: Backbone, heads: Mapping[
     """
     files = images["file"].astype(str).tolist()
     ids = images["image_id"].astype(str).tolist()
-    columns: dict[str, list] = {name: [] for name in PREDICTION_SCHEMA.names}
+    columns: dict[str, list] = {name: [] for name in PREDICTIONS.names}
     failures = []
     model_ids = {name: f"{backbone.model_id}+{head.head_id}" for name, head in heads.items()}
     # adapted heads (microCLIP, FAIR-style) run their own image tower on the pixels: no skipping the decode
@@ -204,5 +194,5 @@ def predict_attributes(images: pd.DataFrame, backbone: Backbone, heads: Mapping[
             if needs_pixels:
                 features.pixels = pixels.to(backbone.device)
             _append_predictions(columns, batch_ids, features, heads, model_ids)
-    table = pa.Table.from_pydict(columns, schema=PREDICTION_SCHEMA)
+    table = pa.Table.from_pydict(columns, schema=PREDICTIONS)
     return PredictionResult(table, pd.DataFrame(failures, columns=["image_id", "stage", "reason"]))

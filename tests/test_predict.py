@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from classify.heads import zero_shot_heads
-from classify.predict import PREDICTION_SCHEMA, predict_attributes
+from classify.predict import predict_attributes
+from contracts.tables import PREDICTIONS
 from classify.schema import ATTRIBUTES
 from geo.imagery import SAMPLE_AREA
 
@@ -41,7 +42,7 @@ def test_predictions_cover_every_image_and_attribute(tiny_backbone):
     heads = zero_shot_heads(tiny_backbone)
     result = predict_attributes(_sample_images(), tiny_backbone, heads, batch_size=8, progress=False)
     table = result.predictions.to_pandas()
-    assert result.predictions.schema == PREDICTION_SCHEMA
+    assert result.predictions.schema == PREDICTIONS
     assert len(table) == 19 * 8 and result.failures.empty
     assert table.groupby("image_id").attribute.nunique().eq(8).all()
     for row in table.itertuples():

@@ -9,7 +9,7 @@ import pytest
 from pyproj import Transformer
 from shapely.geometry import LineString
 
-from classify.predict import PREDICTION_SCHEMA
+from contracts.tables import PREDICTIONS
 from warehouse.build import WILSON_Z_95, build_audit_database
 from warehouse.db import connect, spatial_extension_path
 from contracts.tables import IMAGES, conform, empty_failures
@@ -45,7 +45,7 @@ def _predictions(labels):
     """labels: (image_id, attribute, label, confidence)"""
     rows = [{"image_id": i, "attribute": a, "label": lab, "confidence": c, "probabilities": [(lab, c)],
              "method": "zeroshot", "model_id": "test"} for i, a, lab, c in labels]
-    return pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA)
+    return pa.Table.from_pylist(rows, schema=PREDICTIONS)
 
 
 def _build(tmp_path, images, predictions, max_distance_m=25.0):
