@@ -29,7 +29,6 @@ from classify.heads import Head
 from contracts.tables import PREDICTIONS
 
 
-
 class _ImageFiles(Dataset):
     """Decodes and preprocesses images; a file that fails to decode yields its error message.
 
