@@ -28,12 +28,14 @@ class RunFolder:
         return self.out / "work"
 
     @property
-    def database(self) -> Path:
-        return self.out / "audit.duckdb"
+    def staging(self) -> Path:
+        """Where this run writes its outputs before they replace the previous ones as a whole."""
+        return self.out / f".staging-{self.run_id}"
 
     @property
-    def manifest(self) -> Path:
-        return self.out / "run.json"
+    def database(self) -> Path:
+        """The run database while it is built and published (in the staging folder)."""
+        return self.staging / "audit.duckdb"
 
 
 @dataclass
@@ -42,6 +44,7 @@ class ImageCollection:
 
     images: pd.DataFrame  # the images contract, one row per image now in the store
     failures: pd.DataFrame = field(default_factory=failures_frame)  # item_id, stage, reason
+    attribution: str = ""  # the credit line of the source the images came from
 
 
 def merge_collections(parts: list[ImageCollection], failures: pd.DataFrame | None = None) -> ImageCollection:

@@ -20,8 +20,8 @@ from flows.config import (AdaptationConfig, AreaConfig, ImageryConfig, MatchingC
 from flows.stages import (adapt_to_city, build_audit_database, classify_images, collect_images, load_backbone,
                           load_road_segments, publish_outputs, run_failures, timings)
 from geo.bbox import BBox
-from geo.imagery import make_source
 from geo.sources import road_source_for
+from warehouse.outputs import claim, staged
 from warehouse.runs import attribution, finish_run
 
 
@@ -33,9 +33,9 @@ def city_audit(bbox: str | list[float], area: AreaConfig = AreaConfig(), imagery
     """Audit the streets in ``bbox``; the parameters are documented field by field in ``flows.config``."""
     config = build_config(dict(bbox=bbox, area=area, imagery=imagery, roads=roads, model=model, adaptation=adaptation,
                                matching=matching, outputs=outputs), flag_names=False)
-    folder, place = RunFolder(config.out_dir, str(flow_run.id or uuid.uuid4())), BBox(*config.bbox)
-    folder.out.mkdir(parents=True, exist_ok=True)
-    with timings() as timings_s:
+    place = BBox(*config.bbox)
+    with claim(config.out_dir, config.outputs.force) as out, timings() as timings_s:
+        folder = RunFolder(out, str(flow_run.id or uuid.uuid4()))
         collection = collect_images(place, config.imagery, folder)
         segments = load_road_segments(place, config.roads)
         backbone = load_backbone(config.model)
@@ -43,13 +43,15 @@ def city_audit(bbox: str | list[float], area: AreaConfig = AreaConfig(), imagery
                    if config.adaptation.adapt else None)
         classified = classify_images(collection, folder, backbone, config.model,
                                      adapted["heads"] if adapted else config.model.heads)
-        counts = build_audit_database(folder, place, collection, segments, classified, config.matching, config.outputs)
-        published = publish_outputs(folder, place, classified.model["trained"], config.matching, config.outputs)
-    credits = attribution(make_source(config.imagery.source, config.imagery.images, config.imagery.mapillary).attribution,
-                          road_source_for(config.roads.roads).attribution(config.roads.roads))
-    return finish_run(folder, parameters=config.parameters(), model=classified.model, adaptation=adapted, counts=counts,
-                      failures=run_failures(collection, classified), predictions_reused=classified.reused,
-                      outputs=published, timings_s=timings_s, credits=credits)
+        with staged(folder):  # the previous outputs stay as they are until these are complete
+            counts = build_audit_database(folder, place, collection, segments, classified, config.matching,
+                                          config.outputs)
+            published = publish_outputs(folder, place, classified.model["trained"], config.matching, config.outputs)
+            credits = attribution(collection.attribution, road_source_for(config.roads.roads).attribution(config.roads.roads))
+            return finish_run(folder, parameters=config.parameters(), model=classified.model, adaptation=adapted,
+                              counts=counts, failures=run_failures(collection, classified),
+                              predictions_reused=classified.reused, outputs=published, timings_s=timings_s,
+                              credits=credits)
 
 
 def audit(**options) -> dict:

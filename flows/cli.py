@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
@@ -33,11 +34,32 @@ def _run(args: argparse.Namespace) -> int:
         from geo.mapillary.options import resolve_token
 
         resolve_token(config.imagery.mapillary.get("token_secret"))  # no token: say so before Prefect starts
-    from flows.city_audit import city_audit
-
-    summary = city_audit(**config.flow_parameters())
+    summary = _start_flow(config)
     _print_summary(config, summary)
     return 0
+
+
+class PrefectStartError(CityAuditError):
+    """Prefect's temporary API server did not come up in time, twice."""
+
+
+def _start_flow(config: RunConfig) -> dict:
+    """Run the flow; a temporary Prefect server that does not start in time (a busy machine) gets one more try."""
+    from flows.city_audit import city_audit
+
+    for attempt in (1, 2):
+        try:
+            return city_audit(**config.flow_parameters())
+        except RuntimeError as exc:
+            if "ephemeral Prefect API server" not in str(exc):
+                raise
+            if attempt == 2:
+                timeout = os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]
+                raise PrefectStartError(
+                    f"Prefect's temporary server did not start within {timeout} s, twice (is the machine very busy?); "
+                    "start one with `prefect server start` and set PREFECT_API_URL, or raise "
+                    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") from None
+    raise AssertionError("unreachable")
 
 
 def _print_summary(config: RunConfig, summary: dict) -> None:

@@ -24,6 +24,7 @@ from classify.schema import ATTRIBUTES
 from contracts.errors import CityAuditError, ConfigError
 from geo.bbox import DEFAULT_MAX_AREA_KM2, parse_bbox
 from geo.sources import IMAGERY_SOURCES, check_imagery, check_roads
+from warehouse.outputs import check_output_folder
 from warehouse.defaults import DEFAULT_CELL_SIZE_M, DEFAULT_HEADING_PENALTY_M, DEFAULT_MAX_DISTANCE_M
 
 
@@ -166,16 +167,17 @@ class MatchingConfig(Group):
 
 
 class OutputsConfig(Group):
-    out: str = option("outputs/city-audit", "output folder (default: outputs/city-audit)")
+    force: bool = option(False, "write into an --out folder that holds files city-audit did not write")
+    out: str = option("outputs/city-audit", "output folder (default: outputs/city-audit); a rerun replaces "
+                                            "its outputs as a whole once the new ones are complete")
     by_year: bool = option(False, "also aggregate each segment per capture year")
     tiles: bool = option(False, "also write GeoParquet partitioned by z14 tile (tiles/segments/tile=.../<run_id>.parquet)")
     cell_size_m: float = option(DEFAULT_CELL_SIZE_M, f"cell size of coverage.tif (default: {DEFAULT_CELL_SIZE_M:g})", gt=0)
 
     @field_validator("out")
     @classmethod
-    def _out_is_a_folder(cls, out: str) -> str:
-        if Path(out).expanduser().is_file():
-            raise ValueError(f"{out!r} is a file; --out must be a folder (new or from an earlier run)")
+    def _out_can_be_written(cls, out: str, info: ValidationInfo) -> str:
+        checked(check_output_folder, out, info.data.get("force", False))
         return out
 
 

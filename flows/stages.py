@@ -8,6 +8,7 @@ around each call.
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 import time
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -70,7 +71,8 @@ def stage(name: str):
 def collect_images(area: BBox, imagery: ImageryConfig, folder: RunFolder) -> ImageCollection:
     """Images of the configured source in ``area``, one task per work unit of the source."""
     source = make_source(imagery.source, imagery.images, options=imagery.mapillary)
-    return collect_by_unit(source, area, folder.store, folder.work, imagery.max_images)
+    collection = collect_by_unit(source, area, folder.store, folder.work, imagery.max_images)
+    return replace(collection, attribution=source.attribution)
 
 
 @stage("load road segments")
@@ -118,7 +120,7 @@ def build_audit_database(folder: RunFolder, area: BBox, collection: ImageCollect
 @stage("publish outputs")
 def publish_outputs(folder: RunFolder, area: BBox, model_trained: bool, matching: MatchingConfig,
                     outputs: OutputsConfig) -> dict[str, str]:
-    return publish_run(folder.database, folder.out, {name: a.classes for name, a in ATTRIBUTES.items()},
+    return publish_run(folder.database, folder.staging, {name: a.classes for name, a in ATTRIBUTES.items()},
                        metric_crs=area.utm_crs(), run_id=folder.run_id, model_trained=model_trained,
                        max_distance_m=matching.max_distance_m, cell_size_m=outputs.cell_size_m,
                        partition_by_tile=outputs.tiles)

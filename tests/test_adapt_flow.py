@@ -11,7 +11,9 @@ from tests.adapt_support import SAMPLE
 from tests.conftest import SAMPLE_BBOX
 from tests.mhadapter_support import FAST, feature_cache_dir, pano_csv, trained_heads  # noqa: F401 - fixtures
 
-FAST_OPTIONS = {"epochs": 1, "max_steps": 1, "adapt_batch_size": 4, "crops": 2, "num_workers": 0}
+FAST_OPTIONS = {"epochs": 1, "max_steps": 1, "batch_size": 4, "n_crops": 2, "num_workers": 0}  # AdaptConfig fields
+#: the same as options of `city-audit run`
+FAST_RUN_OPTIONS = {"epochs": 1, "max_steps": 1, "adapt_batch_size": 4, "crops": 2, "num_workers": 0}
 
 
 @pytest.mark.integration
@@ -20,7 +22,7 @@ def test_city_audit_adapts_on_its_own_images_and_records_the_method(prefect_harn
     from flows.city_audit import audit
 
     summary = audit(bbox=SAMPLE_BBOX, source="sample", model="tiny", out=str(tmp_path / "run"), device="cpu",
-                         adapt=method, adapt_attributes=["weather", "glare"], **FAST_OPTIONS,
+                         adapt=method, adapt_attributes=["weather", "glare"], **FAST_RUN_OPTIONS,
                          heads=str(trained_heads.checkpoint.parent))  # a trained pano_status head keeps serving
     with duckdb.connect(summary["outputs"]["database"], read_only=True) as db:
         methods = dict(db.sql("select attribute, string_agg(distinct method) from predictions group by 1").fetchall())

@@ -38,6 +38,9 @@ def _bad_values(tmp_path):
     (heads_elsewhere / "weather.json").write_text(json.dumps({"method": "mhadapter", "backbone": {"name": "vit-b16"}}))
     not_a_folder = tmp_path / "a-file"
     not_a_folder.write_text("mine")
+    users_folder = tmp_path / "my-reports"
+    users_folder.mkdir()
+    (users_folder / "report.md").write_text("my own report")
     return [
         (["--model", "nosuch"], "--model", "nosuch"),
         (["--weights", str(tmp_path / "missing.pt")], "--weights", "missing.pt"),
@@ -52,6 +55,7 @@ def _bad_values(tmp_path):
         (["--adapt", "magic"], "--adapt", "magic"),
         (["--strong", "sometimes"], "--strong", "sometimes"),
         (["--out", str(not_a_folder)], "--out", "is a file"),
+        (["--out", str(users_folder)], "--out", "did not write (report.md)"),
         (["-m", "thumb_size=17"], "--mapillary", "--source mapillary"),
         (["--source", "mapillary", "-m", "thumb_size=17"], "--mapillary", "thumb_size"),
         (["--max-area-km2", "0"], "--max-area-km2", "greater than 0"),
@@ -90,7 +94,7 @@ def test_cli_options_are_the_configuration_fields_with_their_help():
         action = by_flag[cli_flag(group, name)]
         assert action.dest == f"config.{name}" and action.help == field.description, name
     options = {a.dest for a in run._actions if a.dest.startswith("config.")}
-    assert options == {f"config.{name}" for _, name in fields} and len(fields) == 31
+    assert options == {f"config.{name}" for _, name in fields} and len(fields) == 32
 
 
 def test_the_configuration_records_typed_grouped_parameters():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import geopandas as gpd
@@ -12,6 +13,7 @@ import pyarrow as pa
 from contracts.results import RunFolder
 from warehouse.build import AuditCounts, build_audit_database
 from warehouse.manifest import write_manifest
+from warehouse.outputs import swap_in, verify_database
 
 SCHEMA_ATTRIBUTION = "attribute schema: Global StreetScapes (Hou et al. 2024, ISPRS J. 215:216-238)"
 
@@ -19,8 +21,8 @@ SCHEMA_ATTRIBUTION = "attribute schema: Global StreetScapes (Hou et al. 2024, IS
 def build_run_database(folder: RunFolder, *, images: pd.DataFrame, segments: gpd.GeoDataFrame,
                        predictions: pa.Table, failures: pd.DataFrame, metric_crs: str, max_distance_m: float,
                        heading_penalty_m: float, slice_by_year: bool) -> AuditCounts:
-    """Build the run's ``audit.duckdb`` beside its place and move it there once complete; returns the row counts."""
-    partial = folder.out / ".audit.duckdb.partial"
+    """Build the run's ``audit.duckdb`` in its staging folder (moved into place once complete); returns the row counts."""
+    partial = folder.staging / ".audit.duckdb.partial"
     counts = build_audit_database(partial, images=images, segments=segments, predictions=predictions,
                                   failures=failures, run_id=folder.run_id, metric_crs=metric_crs,
                                   max_distance_m=max_distance_m, heading_penalty_m=heading_penalty_m,
@@ -38,7 +40,9 @@ def finish_run(folder: RunFolder, *, parameters: Mapping[str, Any], model: Mappi
                adaptation: Mapping[str, Any] | None, counts: AuditCounts, failures: pd.DataFrame,
                predictions_reused: bool, outputs: Mapping[str, str], timings_s: Mapping[str, float],
                credits: list[str]) -> dict[str, Any]:
-    """Write ``run.json`` and return the run summary (counts, outputs, what was adapted)."""
+    """Write ``run.json``, check the outputs and swap them in as a whole; returns the run summary (counts,
+    outputs, what was adapted). ``outputs`` are the published files, in the staging folder."""
+    verify_database(folder.database, counts.images, counts.segments)
     summary = {
         "run_id": folder.run_id,
         "out": str(folder.out),
@@ -52,10 +56,13 @@ def finish_run(folder: RunFolder, *, parameters: Mapping[str, Any], model: Mappi
         "predictions_reused": predictions_reused,
         "adapted": adaptation,
     }
-    outputs = {**outputs, "database": str(folder.database), "image_store": str(folder.store)}
-    outputs["manifest"] = str(write_manifest(
-        folder.manifest, run_id=folder.run_id, parameters=parameters,
+    final = {name: str(folder.out / Path(path).relative_to(folder.staging)) for name, path in outputs.items()}
+    final.update(database=str(folder.out / folder.database.name), image_store=str(folder.store),
+                 manifest=str(folder.out / "run.json"))
+    write_manifest(
+        folder.staging / "run.json", run_id=folder.run_id, parameters=parameters,
         model={**model, **({"adaptation": adaptation} if adaptation else {})},
         counts={k: v for k, v in summary.items() if isinstance(v, int) and not isinstance(v, bool)},
-        timings_s=timings_s, failures=failures.to_dict("records"), outputs=outputs, attribution=credits))
-    return {**summary, "outputs": outputs}
+        timings_s=timings_s, failures=failures.to_dict("records"), outputs=final, attribution=credits)
+    swap_in(folder.staging, folder.out)
+    return {**summary, "outputs": final}
