@@ -49,18 +49,23 @@ def timings() -> Iterator[dict[str, float]]:
         _TIMINGS.reset(token)
 
 
+def record_timing(stage_name: str, seconds: float) -> None:
+    """Add one stage's wall time to the ``timings()`` being collected, if any."""
+    recorded = _TIMINGS.get()
+    if recorded is not None:
+        recorded[stage_name] = seconds
+
+
 def stage(name: str):
     """A never-cached Prefect task named ``name`` whose wall time goes into ``timings()``."""
     def decorate(function):
         @functools.wraps(function)
-        def timed(*args, **kwargs):
+        def timed(*args, **kwargs):  # refers to no ContextVar itself: Prefect may cloudpickle the flow by value
             start = time.perf_counter()
             try:
                 return function(*args, **kwargs)
             finally:
-                recorded = _TIMINGS.get()
-                if recorded is not None:
-                    recorded[function.__name__] = time.perf_counter() - start
+                record_timing(function.__name__, time.perf_counter() - start)
 
         return task(name=name, cache_policy=NO_CACHE)(timed)
 
