@@ -7,8 +7,8 @@ takes "minlon,minlat,maxlon,maxlat" or [minlon, minlat, maxlon, maxlat] (WGS84).
 ``city-audit run`` or serve it as a deployment (``city-audit serve``).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: Prefect may cloudpickle a served flow by value, and it
+# validates parameters from the annotations, which must then be the config classes, not their names.
 import uuid
 
 from prefect import flow
