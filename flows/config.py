@@ -23,7 +23,7 @@ from classify.registry import BACKBONES, adaptation_methods, check_backbone, che
 from classify.schema import ATTRIBUTES
 from contracts.errors import CityAuditError, ConfigError
 from geo.bbox import DEFAULT_MAX_AREA_KM2, parse_bbox
-from geo.sources import IMAGERY_SOURCES, check_imagery, check_roads
+from geo.sources import IMAGERY_SOURCES, check_imagery, check_roads, check_sample_overlap
 from warehouse.outputs import check_output_folder
 from warehouse.defaults import DEFAULT_CELL_SIZE_M, DEFAULT_HEADING_PENALTY_M, DEFAULT_MAX_DISTANCE_M
 
@@ -191,7 +191,7 @@ GROUPS: dict[str, type[Group]] = {
 class RunConfig(BaseModel):
     """Every parameter of a ``city-audit`` run, checked: the CLI, the flow, the deployment and ``run.json`` share it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     area: AreaConfig = AreaConfig()  # before bbox: the area limit applies to it
     bbox: list[float] = Field(description="minlon,minlat,maxlon,maxlat in WGS84, or a JSON list")
@@ -207,6 +207,14 @@ class RunConfig(BaseModel):
     def _parse_bbox(cls, bbox: Any, info: ValidationInfo) -> list[float]:
         limit = info.data["area"].max_area_km2 if "area" in info.data else DEFAULT_MAX_AREA_KM2
         return parse_bbox(bbox, max_area_km2=limit).as_list()
+
+    @field_validator("imagery", "roads")
+    @classmethod
+    def _sample_covers_the_bbox(cls, group: ImageryConfig | RoadsConfig, info: ValidationInfo):
+        uses_sample = group.source == "sample" if info.field_name == "imagery" else group.roads == "sample"
+        if uses_sample and "bbox" in info.data:
+            checked(check_sample_overlap, info.data["bbox"], "images" if info.field_name == "imagery" else "roads")
+        return group
 
     def parameters(self) -> dict[str, Any]:
         """The configuration as plain JSON values, grouped as the flow takes it (what ``run.json`` records)."""
@@ -241,13 +249,16 @@ def build_config(values: dict[str, Any], *, flag_names: bool = True) -> RunConfi
         error = exc.errors()[0]
         location = [str(part) for part in error["loc"]]
         group, field = (location + ["", ""])[:2]
-        name = (cli_flag(group, field) if flag_names and (group == "bbox" or field in GROUPS.get(group, Group).model_fields)
+        if group in GROUPS and field not in GROUPS[group].model_fields:  # a check of the group as a whole
+            field = next(iter(GROUPS[group].model_fields))
+        name = (cli_flag(group, field) if flag_names and (group == "bbox" or group in GROUPS)
                 else ".".join(location) or "configuration")
         cause = error.get("ctx", {}).get("error")
         message = str(cause) if isinstance(cause, Exception) else error["msg"]
         got = error.get("input")
         message = message.removeprefix("Value error, ")
-        shown = "" if got is None or isinstance(got, dict) or str(got) in message else f" (got {json.dumps(got, default=str)})"
+        shown = ("" if not isinstance(got, (str, int, float, list)) or str(got) in message
+                 else f" (got {json.dumps(got, default=str)})")
         raise ConfigError(name, f"{message}{shown}") from None
 
 

@@ -21,6 +21,8 @@ from contracts.errors import CityAuditError
 from contracts.registry import Registry
 
 SAMPLE_AREA = Path(__file__).parent / "sample_area" / "stuttgart"
+#: What the bundled sample covers (minlon, minlat, maxlon, maxlat): its 19 images and 190 road segments.
+SAMPLE_EXTENT = (9.1621, 48.7633, 9.1755, 48.7788)
 METADATA_NAMES = ("images.parquet", "images.csv")
 IMAGES_REQUIRED_COLUMNS = ("image_id", "lon", "lat", "path")
 
@@ -166,3 +168,14 @@ def check_roads(roads: str | os.PathLike) -> RoadSourceSpec:
         raise RoadSourceError(f"road file {str(Path(roads).expanduser())!r} does not exist; pass 'sample', "
                                 f"a local .osm.pbf extract or a GeoParquet/GeoPackage/GeoJSON of road lines")
     return spec
+
+
+def check_sample_overlap(bbox: list[float] | tuple[float, ...], what: str) -> None:
+    """Refuse a bbox that the bundled sample (``what``: "imagery" or "roads") cannot have anything in."""
+    min_lon, min_lat, max_lon, max_lat = bbox
+    s_min_lon, s_min_lat, s_max_lon, s_max_lat = SAMPLE_EXTENT
+    if max_lon < s_min_lon or min_lon > s_max_lon or max_lat < s_min_lat or min_lat > s_max_lat:
+        extent = ",".join(f"{v:g}" for v in SAMPLE_EXTENT)
+        raise ImagerySourceError(
+            f"the bundled sample {what} cover only {extent} (Stuttgart-West), and this bbox lies outside it: "
+            f"choose a bbox that overlaps it, or other sources (--source folder|mapillary, --roads FILE)")

@@ -59,6 +59,8 @@ def _bad_values(tmp_path):
         (["-m", "thumb_size=17"], "--mapillary", "--source mapillary"),
         (["--source", "mapillary", "-m", "thumb_size=17"], "--mapillary", "thumb_size"),
         (["--max-area-km2", "0"], "--max-area-km2", "greater than 0"),
+        (["--bbox", "13.3,52.5,13.4,52.55"], "--source", "the bundled sample images cover only"),
+        (["--bbox", "13.3,52.5,13.4,52.55", "--source", "mapillary"], "--roads", "the bundled sample roads cover only"),
     ]
 
 
@@ -82,7 +84,8 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_both_bbox_forms_and_negative_numbers_reach_the_configuration(bbox):
     from flows.cli import _negative_bbox_attached
 
-    args = build_parser().parse_args(_negative_bbox_attached(["run", "--bbox", bbox, "--model", "tiny"]))
+    elsewhere = ["--source", "mapillary", "--roads", str(REPO / "tests" / "data" / "pyrosm_test.osm.pbf")]
+    args = build_parser().parse_args(_negative_bbox_attached(["run", "--bbox", bbox, "--model", "tiny", *elsewhere]))
     assert run_config(**config_options(args)).bbox == json.loads(bbox if bbox.startswith("[") else f"[{bbox}]")
 
 
