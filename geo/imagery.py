@@ -17,7 +17,7 @@ import hashlib
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Protocol
@@ -146,6 +146,9 @@ def make_source(name: str, images: str | os.PathLike | None = None, options: dic
 class ImageCollection:
     images: pd.DataFrame  # the images contract, one row per image now in the store
     failures: pd.DataFrame  # item_id, stage, reason
+    #: discovered, selected, not_selected (reason -> n), downloaded, failed (reason kind -> n), ...: see
+    #: ``geo.mapillary.counts`` (they add up); empty when a source does not count
+    counts: dict = field(default_factory=dict)
 
 
 def _store_name(image_id: str, origin: str) -> str:

@@ -58,35 +58,64 @@ def install_log_redaction() -> None:
 
 
 class MapillaryError(RuntimeError):
-    """Base class; messages are redacted on construction."""
+    """Base class; messages are redacted on construction. ``kind`` is the short reason of a failure row."""
 
-    def __init__(self, message: str) -> None:
+    kind = "error"
+
+    def __init__(self, message: str, kind: str | None = None) -> None:
         super().__init__(redact(message))
+        if kind:
+            self.kind = kind
 
 
 class MissingTokenError(MapillaryError):
     """No access token was configured."""
 
+    kind = "missing token"
+
 
 class InvalidTokenError(MapillaryError):
     """Mapillary rejected the token (error code 190): retrying cannot help."""
+
+    kind = "invalid token"
 
 
 class MapillaryAPIError(MapillaryError):
     """A request that failed for good: a non-retryable error, or retries exhausted."""
 
-    def __init__(self, message: str, status: int | None = None, code: int | None = None) -> None:
-        super().__init__(message)
+    kind = "request failed"
+
+    def __init__(self, message: str, status: int | None = None, code: int | None = None,
+                 kind: str | None = None) -> None:
+        super().__init__(message, kind)
         self.status, self.code = status, code
 
 
 class ExpiredURLError(MapillaryAPIError):
     """A signed thumbnail URL was refused (403): fetch a fresh one from the entity endpoint."""
 
+    kind = "url expired"
+
 
 class CorruptImageError(MapillaryError):
     """Downloaded bytes that are truncated or do not decode as an image."""
 
+    kind = "corrupt image"
+
 
 class OptionsError(MapillaryError, ValueError):
     """Invalid Mapillary options (unknown key, bad value)."""
+
+    kind = "bad options"
+
+
+def describe(exc: BaseException) -> str:
+    """The reason of a failure row: ``"<kind>: <message>"``, redacted (``reason_kind`` reads the kind back)."""
+    if isinstance(exc, MapillaryError):
+        return redact(f"{exc.kind}: {exc}")
+    return redact(f"error: {type(exc).__name__}: {exc}")
+
+
+def reason_kind(reason: str) -> str:
+    """The short kind at the start of a failure reason written by ``describe`` (e.g. ``"no geometry"``)."""
+    return str(reason).split(":", 1)[0].strip() or "error"
