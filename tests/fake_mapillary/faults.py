@@ -17,6 +17,8 @@ faults, 429/500/drop/..., live in ``server.py``):
   asked, has no id, or is joined by a result that is not an object
 - ``seconds``: a search or entity answer with ``captured_at`` in epoch seconds, not milliseconds
 - ``bad_feature``: a tile whose first image feature has no id, and one more that is a line
+- ``echo_token``: HTTP 400 whose error message echoes the token percent-encoded (lower case),
+  JSON-escaped, HTML-escaped and cut short
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import mapbox_vector_tile
 import mercantile
 
 HOSTILE = ("error_body", "invalid_token_200", "empty", "garbage", "html", "trickle", "gzip", "no_data", "wrong_id",
-           "no_geometry", "bad_coords", "outside", "no_id", "not_object", "seconds", "bad_feature")
+           "no_geometry", "bad_coords", "outside", "no_id", "not_object", "seconds", "bad_feature", "echo_token")
 GARBAGE = b"\x00\xff\xfe garbage that is not a tile, not JSON and not an image \x13\x37" * 3
 HTML = b"<html><head><title>502 Bad Gateway</title></head><body>upstream error</body></html>"
 
@@ -116,6 +118,15 @@ def hostile(handler, fake, endpoint: str, fault, segments: list[str], query: dic
         other = next(i for i in fake.images if i != segments[0])
         status, body = fake.entity(other, query)
         handler._send(status, body)
+    elif kind == "echo_token":
+        token = fake.token
+        lower = "".join(f"%{ord(c):02x}" if not c.isalnum() else c for c in token)
+        escaped = token.replace("|", "\\u007C")
+        html = token.replace("|", "&#124;")
+        message = (f"Invalid parameter: token {lower} (as JSON {escaped}, as HTML {html}); "
+                   f"cut short: {token[:14]}... and ...{token[-10:]}")
+        error = {"error": {"message": message, "type": "OAuthException", "code": 100}}
+        handler._send(400, json.dumps(error).encode())
     elif kind == "bad_feature":
         handler._send(200, _bad_feature_tile(fake, segments), "application/x-protobuf")
     else:
