@@ -55,11 +55,18 @@ class LocalFolderSource:
 
     The metadata table follows the ``images`` contract; ``image_id``, ``lon``, ``lat`` and
     ``path`` (relative to the folder) are required, the other columns are optional.
+
+    Every row ends as an image or a failure row: a row without coordinates ("no geometry"), with
+    coordinates out of range, without a path, or whose path leads outside the folder once
+    resolved (``../x.jpg``, an absolute path, a symlink pointing out) is a failure with that
+    reason. ``allow_outside=True`` is the user's opt-in to follow paths outside the folder.
+    Rows outside the bbox are not part of the area and are left out of ``discover``.
     """
 
     folder: Path
     name: str = "folder"
     attribution: str = "images from a local folder; check their licence before publishing"
+    allow_outside: bool = False
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder).expanduser().resolve()
@@ -88,11 +95,33 @@ class LocalFolderSource:
             raise ImagerySourceError(f"{self.metadata_file}: image_id must be present and unique (duplicates: {dupes})")
         return images
 
+    def _origin(self, path) -> tuple[str | None, str | None]:
+        """(the resolved file of a ``path`` value, None) or (None, the failure reason)."""
+        if path is None or (isinstance(path, float) and pd.isna(path)) or not str(path).strip():
+            return None, "no path: the metadata row has an empty path"
+        resolved = (self.folder / str(path)).resolve()
+        if not self.allow_outside and not resolved.is_relative_to(self.folder):
+            return None, (f"path outside the folder: {str(path)!r} resolves to {resolved}, outside {self.folder}; "
+                          f"paths must stay inside the images folder (opt in with allow_outside to follow them)")
+        return str(resolved), None
+
     def discover(self, bbox: BBox) -> pd.DataFrame:
+        """Rows inside ``bbox``, and rows with unusable coordinates or paths, with ``origin`` and ``failure``."""
         images = self._read_metadata()
-        inside = images["lon"].between(bbox.min_lon, bbox.max_lon) & images["lat"].between(bbox.min_lat, bbox.max_lat)
-        images = images.loc[inside].reset_index(drop=True)
-        images["origin"] = [str(self.folder / p) for p in images["path"]]
+        lon, lat = images["lon"], images["lat"]
+        missing = lon.isna() | lat.isna()
+        out_of_range = ~missing & ~(lon.between(-180, 180) & lat.between(-90, 90))
+        inside = lon.between(bbox.min_lon, bbox.max_lon) & lat.between(bbox.min_lat, bbox.max_lat)
+        images = images.loc[(inside | missing | out_of_range).to_numpy()].reset_index(drop=True)
+        origins = [self._origin(p) for p in images["path"]]
+        images["origin"] = [o for o, _ in origins]
+        failure = pd.Series([reason for _, reason in origins], dtype=object)
+        failure[images["lon"].isna() | images["lat"].isna()] = "no geometry: the metadata row has no lon/lat"
+        bad = images["lon"].notna() & images["lat"].notna() & ~(images["lon"].between(-180, 180)
+                                                                & images["lat"].between(-90, 90))
+        failure[bad] = [f"coordinates out of range: lon={x}, lat={y} (WGS84 degrees: lon in [-180, 180], "
+                        f"lat in [-90, 90])" for x, y in zip(images.loc[bad, "lon"], images.loc[bad, "lat"])]
+        images["failure"] = failure
         images["source"] = images["source"].fillna(self.name)
         return images
 
@@ -122,7 +151,9 @@ def mapillary_source(options=None) -> ImagerySource:
 
 SOURCES: dict[str, Callable[..., ImagerySource]] = {
     "sample": lambda images=None, options=None: sample_source(),
-    "folder": lambda images=None, options=None: LocalFolderSource(_require(images, "--images FOLDER for source 'folder'")),
+    "folder": lambda images=None, options=None: LocalFolderSource(
+        _require(images, "--images FOLDER for source 'folder'"),
+        allow_outside=bool((options or {}).get("allow_outside", False))),
     "mapillary": lambda images=None, options=None: mapillary_source(options),
 }
 
@@ -179,10 +210,16 @@ def collect_images(source: ImagerySource, bbox: BBox, store: Path, *, max_images
     complete and decodes. Returns the images (``path`` relative to ``store``) and the failures.
     """
     store.mkdir(parents=True, exist_ok=True)
-    candidates = source.discover(bbox).sort_values("image_id", ignore_index=True)
-    if max_images is not None:
+    discovered = source.discover(bbox).sort_values("image_id", ignore_index=True)
+    problems = discovered["failure"] if "failure" in discovered else pd.Series([None] * len(discovered), dtype=object)
+    refused = problems.notna().to_numpy()
+    failures = [(str(i), "collect", str(r)) for i, r in zip(discovered.loc[refused, "image_id"], problems[refused])]
+    candidates = discovered.loc[~refused].drop(columns=["failure"], errors="ignore").reset_index(drop=True)
+    not_selected = {}
+    if max_images is not None and len(candidates) > max_images:
+        not_selected["beyond max_images"] = len(candidates) - max_images
         candidates = candidates.head(max_images)
-    kept, failures = [], []
+    kept = []
     for _, image in tqdm(candidates.iterrows(), total=len(candidates), desc=f"collecting {source.name} images",
                          unit="img", disable=not progress):
         name = _store_name(str(image["image_id"]), str(image["origin"]))
@@ -201,11 +238,27 @@ def collect_images(source: ImagerySource, bbox: BBox, store: Path, *, max_images
                 os.replace(partial, final)
             width, height = _image_size(final)
         except Exception as exc:  # noqa: BLE001 - recorded per image, the run goes on
-            failures.append((str(image["image_id"]), "collect", f"{type(exc).__name__}: {exc}"))
+            failures.append((str(image["image_id"]), "collect", f"{_kind(exc)}: {type(exc).__name__}: {exc}"))
             continue
         record = image.drop(labels=["origin"]).to_dict()
         record.update(path=name, width=width, height=height, sha256=file_sha256(final),
                       fetched_at=datetime.now(timezone.utc))
         kept.append(record)
     images = conform(pd.DataFrame(kept, columns=[*IMAGES.names]), IMAGES, what="collected images").to_pandas()
-    return ImageCollection(images, pd.DataFrame(failures, columns=["item_id", "stage", "reason"]))
+    failed: dict[str, int] = {}
+    for _, _, reason in failures:
+        kind = reason.split(":", 1)[0]
+        failed[kind] = failed.get(kind, 0) + 1
+    counts = {"discovered": len(discovered), "selected": len(candidates), "not_selected": not_selected,
+              "downloaded": len(images), "discover_failed": int(refused.sum()),
+              "download_failed": len(failures) - int(refused.sum()), "failed": dict(sorted(failed.items()))}
+    return ImageCollection(images, pd.DataFrame(failures, columns=["item_id", "stage", "reason"]), counts)
+
+
+def _kind(exc: Exception) -> str:
+    """The short reason kind of a failed copy (the start of its failure reason)."""
+    if isinstance(exc, FileNotFoundError):
+        return "missing file"
+    if isinstance(exc, (OSError, ValueError)) and not isinstance(exc, PermissionError):
+        return "corrupt image" if not isinstance(exc, (IsADirectoryError, NotADirectoryError)) else "missing file"
+    return getattr(exc, "kind", None) or "error"
