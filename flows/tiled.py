@@ -108,7 +108,8 @@ def collect_tiled(source: MapillarySource, bbox: BBox, store: Path, work: Path,
     found, discover_failures = _outcomes(
         discover_tile.map(unmapped(source), tiles, unmapped(bbox), unmapped(manifest)), tiles, "mapillary discover")
     selected, not_selected = select_images(source, [d.records for d in found], bbox)
-    groups = [(tile, rows.reset_index(drop=True)) for tile, rows in selected.groupby("tile", sort=True)]
+    groups = ([(tile, rows.reset_index(drop=True)) for tile, rows in selected.groupby("tile", sort=True)]
+              if len(selected) and "tile" in selected else [])  # no image found is a result, not a KeyError
     logger.info("mapillary: %d images discovered, %d selected in %d tiles",
                 sum(len(d.records) for d in found), len(selected), len(groups))
     progress = create_progress_artifact(progress=0.0, key="mapillary-download",
