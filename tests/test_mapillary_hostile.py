@@ -165,6 +165,18 @@ def test_a_thumbnail_that_always_trickles_is_a_failure_not_a_hang(tmp_path, city
     assert result.images.empty and "deadline" in result.failures["reason"].iloc[0]
 
 
+def test_a_redirect_loop_is_a_failure_at_once_not_a_retry_storm(tmp_path, city, mly_env):
+    import time
+
+    mly_env.inject("thumbs", "redirect_loop", count=100_000)
+    started = time.monotonic()
+    result = ingest(tmp_path, city, backoff_base_s=5.0, backoff_max_s=5.0)  # a retry would cost seconds
+    assert time.monotonic() - started < 30
+    assert_accounted(result, city)
+    assert result.images.empty and result.counts["failed"] == {"request failed": len(city.images)}
+    assert "TooManyRedirects" in result.failures["reason"].iloc[0]
+
+
 # an invalid token stops everything, whatever the status -------------------------------------------
 @pytest.mark.parametrize("endpoint, discovery", [("tiles", "tiles"), ("search", "search"), ("entity", "tiles"),
                                                  ("thumbs", "tiles")])

@@ -287,7 +287,10 @@ class MapillaryClient:
                 continue
             except BodyTooLarge as exc:  # the same body would come again: no retry
                 raise MapillaryAPIError(f"{endpoint} request {redact(url)} refused: {exc}") from None
-            except httpx.HTTPError as exc:  # timeouts, resets, bad encodings, redirect loops
+            except (httpx.TooManyRedirects, httpx.UnsupportedProtocol) as exc:  # the same would happen again
+                raise MapillaryAPIError(f"{endpoint} request {redact(url)} failed: {type(exc).__name__}: "
+                                        f"{redact(exc)}") from None
+            except httpx.HTTPError as exc:  # timeouts, resets, bad encodings
                 last, last_kind = f"{type(exc).__name__}: {redact(exc) or 'no detail'}", None
                 await self._backoff(attempt)
                 continue

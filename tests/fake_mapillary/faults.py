@@ -17,6 +17,7 @@ faults, 429/500/drop/..., live in ``server.py``):
   asked, has no id, or is joined by a result that is not an object
 - ``seconds``: a search or entity answer with ``captured_at`` in epoch seconds, not milliseconds
 - ``bad_feature``: a tile whose first image feature has no id, and one more that is a line
+- ``redirect_loop``: HTTP 302 back to the same URL, for ever
 - ``echo_token``: HTTP 400 whose error message echoes the token percent-encoded (lower case),
   JSON-escaped, HTML-escaped and cut short
 """
@@ -31,7 +32,8 @@ import mapbox_vector_tile
 import mercantile
 
 HOSTILE = ("error_body", "invalid_token_200", "empty", "garbage", "html", "trickle", "gzip", "no_data", "wrong_id",
-           "no_geometry", "bad_coords", "outside", "no_id", "not_object", "seconds", "bad_feature", "echo_token")
+           "no_geometry", "bad_coords", "outside", "no_id", "not_object", "seconds", "bad_feature", "echo_token",
+           "redirect_loop")
 GARBAGE = b"\x00\xff\xfe garbage that is not a tile, not JSON and not an image \x13\x37" * 3
 HTML = b"<html><head><title>502 Bad Gateway</title></head><body>upstream error</body></html>"
 
@@ -118,6 +120,8 @@ def hostile(handler, fake, endpoint: str, fault, segments: list[str], query: dic
         other = next(i for i in fake.images if i != segments[0])
         status, body = fake.entity(other, query)
         handler._send(status, body)
+    elif kind == "redirect_loop":
+        handler._send(302, b"", "text/plain", headers={"Location": handler.path})
     elif kind == "echo_token":
         token = fake.token
         lower = "".join(f"%{ord(c):02x}" if not c.isalnum() else c for c in token)
