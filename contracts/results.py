@@ -44,7 +44,25 @@ class ImageCollection:
 
     images: pd.DataFrame  # the images contract, one row per image now in the store
     failures: pd.DataFrame = field(default_factory=failures_frame)  # item_id, stage, reason
+    #: discovered, selected, not_selected (reason -> n), downloaded, failed (reason kind -> n), ...: they add up
+    #: (see ``geo.mapillary.counts``); empty when a source does not count
+    counts: dict = field(default_factory=dict)
     attribution: str = ""  # the credit line of the source the images came from
+
+
+@dataclass
+class UnitDiscovery:
+    """What discovery of one work unit found: candidate records, failure rows, and whether the answer was complete.
+
+    Only a complete discovery (every answer usable, no failure row of the unit itself) is recorded
+    in a resume manifest or cached by Prefect; anything else is asked again on the next run.
+    """
+
+    unit: str
+    records: pd.DataFrame
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+    complete: bool = True
+    raw: list = field(default_factory=list, repr=False)  # transient: the records as answered
 
 
 def merge_collections(parts: list[ImageCollection], failures: pd.DataFrame | None = None) -> ImageCollection:

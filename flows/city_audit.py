@@ -51,7 +51,7 @@ def city_audit(bbox: str | list[float], area: AreaConfig = AreaConfig(), imagery
             return finish_run(folder, parameters=config.parameters(), model=classified.model, adaptation=adapted,
                               counts=counts, failures=run_failures(collection, classified),
                               predictions_reused=classified.reused, outputs=published, timings_s=timings_s,
-                              credits=credits)
+                              credits=credits, ingest=collection.counts)
 
 
 def audit(**options) -> dict:

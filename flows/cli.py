@@ -23,6 +23,7 @@ from classify.registry import BACKBONES, adaptation_methods
 from classify.schema import ATTRIBUTES
 from contracts.errors import CityAuditError
 from contracts.notices import untrained_warning
+from geo.bbox import bbox_argv
 from flows.config import GROUPS, AdaptationConfig, ModelConfig, RunConfig, cli_flag, run_config
 
 DEPLOYMENT_NAME = "local"
@@ -280,21 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _negative_bbox_attached(argv: list[str]) -> list[str]:
-    """``--bbox -122.5,37.7,...`` as ``--bbox=-122.5,37.7,...``: argparse would read the value as an option."""
-    fixed, values = [], iter(argv)
-    for arg in values:
-        if arg == "--bbox":
-            value = next(values, None)
-            fixed.append("--bbox" if value is None else f"--bbox={value}")
-        else:
-            fixed.append(arg)
-    return fixed
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one command; an error the user can fix ends it with its message on one line and exit code 2."""
-    args = build_parser().parse_args(_negative_bbox_attached(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(bbox_argv(sys.argv[1:] if argv is None else argv))
     try:
         return args.handler(args)
     except CityAuditError as exc:

@@ -19,11 +19,11 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
-from contracts.results import ImageCollection, merge_collections
+from contracts.results import ImageCollection, UnitDiscovery, merge_collections
 from contracts.tables import failures_frame
 from geo.bbox import BBox
 from geo.imagery import ImagerySource
-from geo.mapillary.errors import InvalidTokenError, MissingTokenError, redact
+from geo.mapillary.errors import InvalidTokenError, MissingTokenError, describe
 
 DISCOVERY_CACHE = timedelta(hours=12)  # coverage changes slowly; a day-old answer is still a fair one
 
@@ -33,10 +33,22 @@ def _discovery_key(context, parameters) -> str | None:
     return None if key is None else f"discover-{parameters['source'].name}-{key}"
 
 
+def _do_not_cache() -> None:
+    """Keep this task run's result out of the cache (its transaction writes nothing on commit)."""
+    from prefect.transactions import get_transaction
+
+    transaction = get_transaction()
+    if transaction is not None:
+        transaction.write_on_commit = False
+
+
 @task(name="discover unit", cache_key_fn=_discovery_key, cache_expiration=DISCOVERY_CACHE, persist_result=True,
       task_run_name="discover {unit}")
-def discover_unit(source: ImagerySource, unit: str, bbox: BBox, manifest: Path) -> pd.DataFrame:
-    return source.discover_unit(unit, bbox, manifest)
+def discover_unit(source: ImagerySource, unit: str, bbox: BBox, manifest: Path) -> UnitDiscovery:
+    found = source.discover_unit(unit, bbox, manifest)
+    if not found.complete:
+        _do_not_cache()
+    return found
 
 
 @task(name="prepare image store", cache_policy=NO_CACHE)
@@ -46,8 +58,8 @@ def prepare_store(source: ImagerySource, store: Path) -> Path:
 
 @task(name="select images", cache_policy=NO_CACHE)
 def select_images(source: ImagerySource, candidates: list[pd.DataFrame], bbox: BBox,
-                  max_images: int | None) -> pd.DataFrame:
-    return source.select(candidates, bbox, max_images)
+                  max_images: int | None) -> tuple[pd.DataFrame, dict[str, int]]:
+    return source.select_counted(candidates, bbox, max_images)
 
 
 @task(name="collect unit", cache_policy=NO_CACHE, task_run_name="collect {unit}")
@@ -70,7 +82,7 @@ def _outcomes(futures, units: list[str], unit_column: str, stage: str, on_done=N
         except (InvalidTokenError, MissingTokenError):
             raise
         except Exception as exc:  # noqa: BLE001 - one bad unit must not sink the city
-            failures.append((f"{unit_column} {units[i]}", stage, redact(f"{type(exc).__name__}: {exc}")))
+            failures.append((f"{unit_column} {units[i]}", stage, describe(exc)))
         if on_done:
             on_done(done)
     return [r for r in results if r is not None], failures
@@ -88,11 +100,11 @@ def collect_by_unit(source: ImagerySource, bbox: BBox, store: Path, work: Path,
     found, discover_failures = _outcomes(
         discover_unit.map(unmapped(source), units, unmapped(bbox), unmapped(manifest)), units, source.unit_column,
         f"{source.name} discover")
-    selected = select_images(source, found, bbox, max_images)
+    selected, not_selected = select_images(source, [d.records for d in found], bbox, max_images)
     groups = ([(unit, rows.reset_index(drop=True)) for unit, rows in selected.groupby(source.unit_column, sort=True)]
-              if len(selected) else [])
+              if len(selected) and source.unit_column in selected else [])  # no image found is a result
     logger.info("%s: %d images discovered, %d selected in %d unit(s)", source.name,
-                sum(len(f) for f in found), len(selected), len(groups))
+                sum(len(d.records) for d in found), len(selected), len(groups))
     progress = create_progress_artifact(progress=0.0, key=f"{source.name}-collect",
                                         description="work units collected, in percent") if groups else None
 
@@ -104,4 +116,10 @@ def collect_by_unit(source: ImagerySource, bbox: BBox, store: Path, work: Path,
         collect_unit.map(unmapped(source), [g[1] for g in groups], unmapped(store), unmapped(manifest),
                          [g[0] for g in groups]),
         [g[0] for g in groups], source.unit_column, f"{source.name} download", on_done=report)
-    return merge_collections(parts, failures_frame(discover_failures + collect_failures))
+    by_unit = {f"{source.unit_column} {unit}": rows for unit, rows in groups}
+    per_image = [(str(image_id), stage, reason) for item, stage, reason in collect_failures
+                 for image_id in by_unit[item]["image_id"]]  # every image of a unit that failed
+    collected = merge_collections(parts, failures_frame(per_image))
+    result = source.finish(found, discover_failures, selected, not_selected, collected, units=len(units))
+    logger.info("%s: %s", source.name, result.counts)
+    return result

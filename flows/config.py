@@ -58,6 +58,7 @@ class ImageryConfig(Group):
     source: str = option("sample", f"imagery source: {' | '.join(IMAGERY_SOURCES)} (default: sample)")
     images: str | None = option(None, "for --source folder: a folder with images and images.parquet/images.csv")
     max_images: int | None = option(None, "stop after this many images", ge=1)
+    allow_outside_paths: bool = option(False, "for --source folder: follow metadata paths that lead outside the folder")
     mapillary: dict[str, Any] = option(
         {}, "a Mapillary option, repeatable: discovery=tiles|search, captured_after=2023-01-01, panoramas=yes|no|only, "
             "min_spacing_m=5, thumb_size=1024, search_rpm=8000, token_secret=NAME, ... (docs/mapillary.md); the token "

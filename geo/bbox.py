@@ -3,6 +3,14 @@
 Accepted: ``"minlon,minlat,maxlon,maxlat"`` (spaces allowed), a JSON list string
 ``"[minlon, minlat, maxlon, maxlat]"``, or a list/tuple of 4 numbers. Coordinates are WGS84
 degrees. Every refusal is a ``BBoxError`` that says what is wrong and how to fix it.
+
+The area is that of the longitude/latitude rectangle on the WGS84 ellipsoid (exact, by the
+authalic-latitude formula: edges along meridians and parallels), so it is right at any size
+and at any place, the whole world included (about 510 million km², refused by the area
+limit). Boxes do not wrap: one that crosses the antimeridian (given as ``170,..,-170,..``) is
+refused with the two boxes to run instead, and one that spans every longitude (-180 to 180) is
+refused. On a command line a box that starts with a minus sign reads as an option to argparse;
+``bbox_argv`` rewrites ``--bbox -122.5,...`` to ``--bbox=-122.5,...`` before parsing.
 """
 
 from __future__ import annotations
@@ -12,13 +20,15 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from pyproj import Geod
 
 from contracts.errors import CityAuditError
 
 #: Largest area accepted by default; a whole large city fits, a country does not.
 DEFAULT_MAX_AREA_KM2 = 2_500.0
-_GEOD = Geod(ellps="WGS84")
+_WGS84_A, _WGS84_F = 6_378_137.0, 1 / 298.257223563
+_E2 = _WGS84_F * (2 - _WGS84_F)
+_E = math.sqrt(_E2)
+_B2 = _WGS84_A ** 2 * (1 - _E2)
 _FORM = "give it as minlon,minlat,maxlon,maxlat in WGS84 degrees, e.g. 9.16,48.76,9.18,48.78"
 
 
@@ -43,11 +53,9 @@ class BBox:
 
     @property
     def area_km2(self) -> float:
-        """Geodesic area of the box on the WGS84 ellipsoid."""
-        lons = [self.min_lon, self.max_lon, self.max_lon, self.min_lon]
-        lats = [self.min_lat, self.min_lat, self.max_lat, self.max_lat]
-        area_m2, _ = _GEOD.polygon_area_perimeter(lons, lats)
-        return abs(area_m2) / 1e6
+        """Area of the box (a lon/lat rectangle) on the WGS84 ellipsoid, in km²; exact at any size."""
+        width_rad = math.radians(self.max_lon - self.min_lon)
+        return abs(width_rad * (_zone_m2(self.max_lat) - _zone_m2(self.min_lat))) / 1e6
 
     @property
     def center(self) -> tuple[float, float]:
@@ -61,6 +69,49 @@ class BBox:
         lon, lat = self.center
         zone = min(60, int(math.floor((lon + 180) / 6)) + 1)
         return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
+
+
+def _zone_m2(lat: float) -> float:
+    """Area of the WGS84 ellipsoid between the equator and ``lat``, per radian of longitude (signed)."""
+    sin = math.sin(math.radians(lat))
+    return _B2 / 2 * (sin / (1 - _E2 * sin * sin) + math.log((1 + _E * sin) / (1 - _E * sin)) / (2 * _E))
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return ",".join(f"{v:.6f}".rstrip("0").rstrip(".") for v in values)
+
+
+def _looks_like_numbers(text: str) -> bool:
+    parts = [p for p in text.replace(" ", ",").split(",") if p]
+    try:
+        [float(p) for p in parts]
+    except ValueError:
+        return False
+    return bool(parts)
+
+
+def bbox_argv(argv: Sequence[str], flags: Sequence[str] = ("--bbox",)) -> list[str]:
+    """``argv`` with ``--bbox -122.5,37.7,-122.3,37.8`` joined to ``--bbox=-122.5,37.7,-122.3,37.8``.
+
+    argparse reads a value that starts with ``-`` and is not a single number as the next
+    option ("expected one argument"); call this on ``sys.argv[1:]`` before ``parse_args``.
+    Only a value made of numbers is joined, so ``--bbox --out x`` still fails as it should.
+    """
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item in flags and i + 1 < len(items) and items[i + 1].startswith("-") and _looks_like_numbers(items[i + 1]):
+            out.append(f"{item}={items[i + 1]}")
+            i += 2
+            continue
+        if item == "--":
+            out.extend(items[i:])
+            break
+        out.append(item)
+        i += 1
+    return out
 
 
 def _values(raw: str | Sequence[float]) -> list[float]:
@@ -109,6 +160,18 @@ def parse_bbox(raw: str | Sequence[float] | BBox, max_area_km2: float | None = D
         if not -90 <= value <= 90:
             hint = " (did you give latitude first? the order is lon,lat)" if abs(value) <= 180 else ""
             raise BBoxError(f"{name} {value} is outside [-90, 90]{hint}; {_FORM}")
+    south, north = min(min_lat, max_lat), max(min_lat, max_lat)
+    if min_lon > max_lon and (max_lon + 360 - min_lon) < (min_lon - max_lon):
+        raise BBoxError(
+            f"bbox {_fmt(values)} crosses the antimeridian (180°), which a box cannot do here; run its two "
+            f"halves separately: {_fmt([min_lon, south, 180, north])} and {_fmt([-180, south, max_lon, north])}"
+        )
+    if min_lon < max_lon and max_lon - min_lon > 180 and not (min_lon <= -180 and max_lon >= 180):
+        raise BBoxError(
+            f"bbox {_fmt(values)} is {max_lon - min_lon:g}° wide, more than half the globe; if you meant the "
+            f"narrow box across the antimeridian (180°), run its two halves separately: "
+            f"{_fmt([max_lon, south, 180, north])} and {_fmt([-180, south, min_lon, north])}"
+        )
     if min_lon > max_lon or min_lat > max_lat:
         raise BBoxError(
             f"bbox corners are swapped: min must be south-west and max north-east, got "
@@ -123,4 +186,7 @@ def parse_bbox(raw: str | Sequence[float] | BBox, max_area_km2: float | None = D
             f"bbox covers {bbox.area_km2:,.0f} km², more than the limit of {max_area_km2:,.0f} km²; "
             f"split the area into smaller boxes or raise the limit (--max-area-km2)"
         )
+    if min_lon <= -180 and max_lon >= 180:
+        raise BBoxError(f"bbox {_fmt(values)} spans every longitude (-180 to 180), i.e. round the whole globe; "
+                        f"give the area you mean, e.g. {_FORM.split('e.g. ')[-1]}")
     return bbox

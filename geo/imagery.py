@@ -28,10 +28,11 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from geo.bbox import BBox
-from geo.sources import IMAGERY_SOURCES, METADATA_NAMES, ImagerySourceError, SAMPLE_AREA, check_images_folder  # noqa: F401 - SAMPLE_AREA: API
-from contracts.results import ImageCollection
+from contracts.results import ImageCollection, UnitDiscovery
 from contracts.tables import IMAGES, IMAGES_REQUIRED, ContractError, conform, failures_frame
+from geo.bbox import BBox
+from geo.sources import (IMAGERY_SOURCES, METADATA_NAMES, SAMPLE_AREA, ImagerySourceError,  # noqa: F401 - SAMPLE_AREA: API
+                         check_images_folder)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
@@ -58,15 +59,20 @@ class ImagerySource(Protocol):
     def prepare(self, store: Path) -> Path:
         """Check what the source needs (a token, a folder) and make the image store; returns it."""
 
-    def discover_unit(self, unit: str, bbox: BBox, manifest: Path | None = None) -> pd.DataFrame:
-        """Candidate images of one unit, with the unit in column ``unit_column``."""
+    def discover_unit(self, unit: str, bbox: BBox, manifest: Path | None = None) -> UnitDiscovery:
+        """Candidate images of one unit (with the unit in column ``unit_column``) and its failure rows."""
 
     def select(self, candidates: list[pd.DataFrame], bbox: BBox | None = None,
-               max_images: int | None = None) -> pd.DataFrame:
-        """The images to collect, from every unit's candidates."""
+               max_images: int | None = None) -> tuple[pd.DataFrame, dict[str, int]]:
+        """The images to collect, from every unit's candidates, and how many were not selected, by reason."""
 
     def collect_unit(self, selected: pd.DataFrame, store: Path, manifest: Path, unit: str) -> ImageCollection:
         """Put one unit's selected images into the store."""
+
+    def finish(self, discoveries: list[UnitDiscovery], unit_failures: list[tuple[str, str, str]],
+               selected: pd.DataFrame, not_selected: dict[str, int], collected: ImageCollection,
+               units: int) -> ImageCollection:
+        """One collection of every image and failure row, with ``counts`` that add up."""
 
 
 @dataclass
@@ -75,11 +81,18 @@ class LocalFolderSource:
 
     The metadata table follows the ``images`` contract; ``image_id``, ``lon``, ``lat`` and
     ``path`` (relative to the folder) are required, the other columns are optional.
+
+    Every row ends as an image or a failure row: a row without coordinates ("no geometry"), with
+    coordinates out of range, without a path, or whose path leads outside the folder once
+    resolved (``../x.jpg``, an absolute path, a symlink pointing out) is a failure with that
+    reason. ``allow_outside=True`` is the user's opt-in to follow paths outside the folder.
+    Rows outside the bbox are not part of the area and are left out of ``discover``.
     """
 
     folder: Path
     name: str = "folder"
     attribution: str = "images from a local folder; check their licence before publishing"
+    allow_outside: bool = False
 
     def __post_init__(self) -> None:
         self.folder = check_images_folder(self.folder)
@@ -100,11 +113,33 @@ class LocalFolderSource:
             raise ImagerySourceError(f"{self.metadata_file}: image_id must be present and unique (duplicates: {dupes})")
         return images
 
+    def _origin(self, path) -> tuple[str | None, str | None]:
+        """(the resolved file of a ``path`` value, None) or (None, the failure reason)."""
+        if path is None or (isinstance(path, float) and pd.isna(path)) or not str(path).strip():
+            return None, "no path: the metadata row has an empty path"
+        resolved = (self.folder / str(path)).resolve()
+        if not self.allow_outside and not resolved.is_relative_to(self.folder):
+            return None, (f"path outside the folder: {str(path)!r} resolves to {resolved}, outside {self.folder}; "
+                          f"paths must stay inside the images folder (opt in with allow_outside to follow them)")
+        return str(resolved), None
+
     def discover(self, bbox: BBox) -> pd.DataFrame:
+        """Rows inside ``bbox``, and rows with unusable coordinates or paths, with ``origin`` and ``failure``."""
         images = self._read_metadata()
-        inside = images["lon"].between(bbox.min_lon, bbox.max_lon) & images["lat"].between(bbox.min_lat, bbox.max_lat)
-        images = images.loc[inside].reset_index(drop=True)
-        images["origin"] = [str(self.folder / p) for p in images["path"]]
+        lon, lat = images["lon"], images["lat"]
+        missing = lon.isna() | lat.isna()
+        out_of_range = ~missing & ~(lon.between(-180, 180) & lat.between(-90, 90))
+        inside = lon.between(bbox.min_lon, bbox.max_lon) & lat.between(bbox.min_lat, bbox.max_lat)
+        images = images.loc[(inside | missing | out_of_range).to_numpy()].reset_index(drop=True)
+        origins = [self._origin(p) for p in images["path"]]
+        images["origin"] = [o for o, _ in origins]
+        failure = pd.Series([reason for _, reason in origins], dtype=object)
+        failure[images["lon"].isna() | images["lat"].isna()] = "no geometry: the metadata row has no lon/lat"
+        bad = images["lon"].notna() & images["lat"].notna() & ~(images["lon"].between(-180, 180)
+                                                                & images["lat"].between(-90, 90))
+        failure[bad] = [f"coordinates out of range: lon={x}, lat={y} (WGS84 degrees: lon in [-180, 180], "
+                        f"lat in [-90, 90])" for x, y in zip(images.loc[bad, "lon"], images.loc[bad, "lat"])]
+        images["failure"] = failure
         images["source"] = images["source"].fillna(self.name)
         return images
 
@@ -122,19 +157,27 @@ class LocalFolderSource:
         store.mkdir(parents=True, exist_ok=True)
         return store
 
-    def discover_unit(self, unit: str, bbox: BBox, manifest: Path | None = None) -> pd.DataFrame:
-        return self.discover(bbox).assign(**{self.unit_column: unit})
+    def discover_unit(self, unit: str, bbox: BBox, manifest: Path | None = None) -> UnitDiscovery:
+        candidates, refused = split_refused(self.discover(bbox).sort_values("image_id", ignore_index=True))
+        return UnitDiscovery(unit, candidates.assign(**{self.unit_column: unit}), refused)
 
     def select(self, candidates: list[pd.DataFrame], bbox: BBox | None = None,
-               max_images: int | None = None) -> pd.DataFrame:
+               max_images: int | None = None) -> tuple[pd.DataFrame, dict[str, int]]:
         frames = [c for c in candidates if len(c)]
         selected = (pd.concat(frames, ignore_index=True) if frames
                     else pd.DataFrame(columns=[*IMAGES.names, "origin", self.unit_column]))
-        selected = selected.sort_values("image_id", ignore_index=True)
-        return selected if max_images is None else selected.head(max_images)
+        return keep_at_most(selected.sort_values("image_id", ignore_index=True), max_images)
 
     def collect_unit(self, selected: pd.DataFrame, store: Path, manifest: Path | None, unit: str) -> ImageCollection:
         return store_images(self, selected.drop(columns=[self.unit_column]), store, progress=False)
+
+    def finish(self, discoveries: list[UnitDiscovery], unit_failures: list[tuple[str, str, str]],
+               selected: pd.DataFrame, not_selected: dict[str, int], collected: ImageCollection,
+               units: int) -> ImageCollection:
+        refused = [row for d in discoveries for row in d.failures]
+        discovered = sum(len(d.records) for d in discoveries) + len(refused)
+        return counted(collected, discovered=discovered, refused=refused, selected=len(selected),
+                       not_selected=not_selected, unit_failures=unit_failures)
 
     def fetch(self, image: pd.Series, destination: Path) -> None:
         origin = Path(image["origin"])
@@ -153,9 +196,11 @@ def sample_source() -> LocalFolderSource:
     )
 
 
-def make_source(name: str, images: str | os.PathLike | None = None, options: dict | None = None) -> ImagerySource:
-    """Build a registered imagery source by name (``geo.sources.IMAGERY_SOURCES``); ``options`` are source-specific."""
-    return IMAGERY_SOURCES.get(name).build(images, options)
+def make_source(name: str, images: str | os.PathLike | None = None, options: dict | None = None,
+                allow_outside: bool = False) -> ImagerySource:
+    """Build a registered imagery source by name (``geo.sources.IMAGERY_SOURCES``); ``options`` are source-specific;
+    ``allow_outside`` lets a folder's metadata point at files outside the folder."""
+    return IMAGERY_SOURCES.get(name).build(images, options, allow_outside)
 
 
 def _store_name(image_id: str, origin: str) -> str:
@@ -183,12 +228,30 @@ def collect_images(source: ImagerySource, bbox: BBox, store: Path, *, max_images
 
     Idempotent: a file already in the store with the expected sha256 (or, without one, that
     decodes) is kept. Each file is written under a temporary name and renamed only once it is
-    complete and decodes. Returns the images (``path`` relative to ``store``) and the failures.
+    complete and decodes. Returns the images (``path`` relative to ``store``), the failures and
+    the counts (discovered, selected, not_selected, downloaded, failed per reason).
     """
-    candidates = source.discover(bbox).sort_values("image_id", ignore_index=True)
-    if max_images is not None:
-        candidates = candidates.head(max_images)
-    return store_images(source, candidates, store, progress=progress)
+    discovered = source.discover(bbox).sort_values("image_id", ignore_index=True)
+    candidates, refused = split_refused(discovered)
+    candidates, not_selected = keep_at_most(candidates, max_images)
+    collected = store_images(source, candidates, store, progress=progress)
+    return counted(collected, discovered=len(discovered), refused=refused, selected=len(candidates),
+                   not_selected=not_selected)
+
+
+def split_refused(discovered: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, str, str]]]:
+    """Discovered rows without a ``failure``, and a failure row for each one with a failure (bad path or position)."""
+    problems = discovered["failure"] if "failure" in discovered else pd.Series([None] * len(discovered), dtype=object)
+    refused = problems.notna().to_numpy()
+    failures = [(str(i), "collect", str(r)) for i, r in zip(discovered.loc[refused, "image_id"], problems[refused])]
+    return discovered.loc[~refused].drop(columns=["failure"], errors="ignore").reset_index(drop=True), failures
+
+
+def keep_at_most(candidates: pd.DataFrame, max_images: int | None) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The first ``max_images`` candidates, and how many were left out for it."""
+    if max_images is None or len(candidates) <= max_images:
+        return candidates, {}
+    return candidates.head(max_images), {"beyond max_images": len(candidates) - max_images}
 
 
 def store_images(source: ImagerySource, candidates: pd.DataFrame, store: Path, *,
@@ -214,7 +277,7 @@ def store_images(source: ImagerySource, candidates: pd.DataFrame, store: Path, *
                 os.replace(partial, final)
             width, height = _image_size(final)
         except Exception as exc:  # noqa: BLE001 - recorded per image, the run goes on
-            failures.append((str(image["image_id"]), "collect", f"{type(exc).__name__}: {exc}"))
+            failures.append((str(image["image_id"]), "collect", f"{_kind(exc)}: {type(exc).__name__}: {exc}"))
             continue
         record = image.drop(labels=["origin"]).to_dict()
         record.update(path=name, width=width, height=height, sha256=file_sha256(final),
@@ -222,3 +285,27 @@ def store_images(source: ImagerySource, candidates: pd.DataFrame, store: Path, *
         kept.append(record)
     images = conform(pd.DataFrame(kept, columns=[*IMAGES.names]), IMAGES, what="collected images").to_pandas()
     return ImageCollection(images, failures_frame(failures))
+
+
+def counted(collected: ImageCollection, *, discovered: int, refused: list[tuple[str, str, str]], selected: int,
+            not_selected: dict[str, int], unit_failures: list[tuple[str, str, str]] = ()) -> ImageCollection:
+    """``collected`` with the refused rows and failed units added to its failures, and its ``counts`` (they add up)."""
+    rows = [*unit_failures, *refused, *collected.failures.itertuples(index=False, name=None)]
+    failed: dict[str, int] = {}
+    for _, _, reason in [*refused, *collected.failures.itertuples(index=False, name=None)]:
+        kind = str(reason).split(":", 1)[0]
+        failed[kind] = failed.get(kind, 0) + 1
+    counts = {"discovered": discovered, "selected": selected, "not_selected": not_selected,
+              "downloaded": len(collected.images), "discover_failed": len(refused),
+              "download_failed": len(collected.failures), "units_failed": len(unit_failures),
+              "failed": dict(sorted(failed.items()))}
+    return ImageCollection(collected.images, failures_frame(rows), counts=counts)
+
+
+def _kind(exc: Exception) -> str:
+    """The short reason kind of a failed copy (the start of its failure reason)."""
+    if isinstance(exc, FileNotFoundError):
+        return "missing file"
+    if isinstance(exc, (OSError, ValueError)) and not isinstance(exc, PermissionError):
+        return "corrupt image" if not isinstance(exc, (IsADirectoryError, NotADirectoryError)) else "missing file"
+    return getattr(exc, "kind", None) or "error"

@@ -37,28 +37,28 @@ class RoadSourceError(CityAuditError, RuntimeError):
 
 @dataclass(frozen=True)
 class ImagerySourceSpec:
-    """A registered imagery source: ``build(images, options)`` makes it (importing its module then)."""
+    """A registered imagery source: ``build(images, options, allow_outside)`` makes it (importing its module then)."""
 
     name: str
     summary: str
-    build: Callable[[str | None, Mapping[str, Any] | None], Any]
+    build: Callable[[str | None, Mapping[str, Any] | None, bool], Any]
     needs_folder: bool = False
     takes_options: bool = False
 
 
-def _sample(images=None, options=None):
+def _sample(images=None, options=None, allow_outside=False):
     from geo.imagery import sample_source
 
     return sample_source()
 
 
-def _folder(images=None, options=None):
+def _folder(images=None, options=None, allow_outside=False):
     from geo.imagery import LocalFolderSource
 
-    return LocalFolderSource(check_images_folder(images))
+    return LocalFolderSource(check_images_folder(images), allow_outside=allow_outside)
 
 
-def _mapillary(images=None, options=None):
+def _mapillary(images=None, options=None, allow_outside=False):
     from geo.mapillary.source import MapillarySource
 
     return MapillarySource(options)

@@ -57,3 +57,72 @@ def test_area_and_metric_crs():
     assert box.utm_crs() == "EPSG:32632"
     assert parse_bbox("103.81,1.30,103.82,1.31").utm_crs() == "EPSG:32648"
     assert parse_bbox("-58.5,-34.7,-58.3,-34.5").utm_crs() == "EPSG:32721"
+
+
+# antimeridian, whole world, exact area, argparse -----------------------------------------------------
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize("raw, halves", [
+    ("179.9,-17,-179.9,-16.9", ("179.9,-17,180,-16.9", "-180,-17,-179.9,-16.9")),
+    ("179.9,-16.9,-179.9,-17", ("179.9,-17,180,-16.9", "-180,-17,-179.9,-16.9")),  # lats swapped too
+    ("-179.9,-17,179.9,-16.9", ("179.9,-17,180,-16.9", "-180,-17,-179.9,-16.9")),  # the 359.8° reading
+    ("170,-10,-170,10", ("170,-10,180,10", "-180,-10,-170,10")),
+])
+def test_boxes_across_the_antimeridian_are_refused_with_both_halves(raw, halves):
+    with pytest.raises(BBoxError, match="antimeridian") as info:
+        parse_bbox(raw, max_area_km2=None)
+    message = str(info.value)
+    assert all(half in message for half in halves)
+    assert "359.8," not in message.split("separately:")[-1]  # never suggests the box round the globe
+    for half in halves:  # the suggestion is usable as given
+        parse_bbox(half, max_area_km2=None)
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ("-180,-90,180,90", "more than the limit"),  # the whole world: about 510 million km²
+    ("-180,10,180,10.02", "more than the limit"),  # a 0.02° band round the globe is ~49,000 km²
+    ("-180,10,180,10.0001", "spans every longitude"),  # small enough for the limit, still round the globe
+    ("-100,10,100,10.0001", "more than half the globe"),
+])
+def test_whole_world_and_round_the_globe_boxes_are_refused(raw, fragment):
+    with pytest.raises(BBoxError, match=fragment):
+        parse_bbox(raw)
+
+
+def test_area_is_exact_everywhere():
+    world = BBox(-180, -90, 180, 90).area_km2
+    assert world == pytest.approx(510_065_622, rel=1e-6)  # WGS84 surface area
+    assert BBox(-180, 10, 180, 10.02).area_km2 == pytest.approx(40_075 * 0.02 * 110.6 * 0.985, rel=0.01)
+    hemispheres = BBox(-180, 0, 180, 90).area_km2 + BBox(-180, -90, 180, 0).area_km2
+    assert hemispheres == pytest.approx(world)
+    east = BBox(170, -10, 180, 10).area_km2
+    assert east == pytest.approx(BBox(-180, -10, -170, 10).area_km2)  # same size either side of 180°
+    assert BBox(0, 89, 1, 90).area_km2 < BBox(0, 0, 1, 1).area_km2 / 50  # near the pole, not a flat square
+    assert parse_bbox("-122.5,37.7,-122.3,37.8").area_km2 == pytest.approx(0.2 * 88.2 * 0.1 * 111.0, rel=0.01)
+
+
+def test_negative_first_number_works_through_argparse():
+    import argparse
+
+    from geo.bbox import bbox_argv
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bbox")
+    parser.add_argument("--out")
+    with pytest.raises(SystemExit):  # what users met: "expected one argument"
+        parser.parse_args(["--bbox", "-122.5,37.7,-122.3,37.8"])
+    args = parser.parse_args(bbox_argv(["--bbox", "-122.5,37.7,-122.3,37.8", "--out", "x"]))
+    assert parse_bbox(args.bbox) == BBox(-122.5, 37.7, -122.3, 37.8) and args.out == "x"
+    args = parser.parse_args(bbox_argv(["--bbox", "-58.5 -34.7 -58.3 -34.5"]))
+    assert parse_bbox(args.bbox) == BBox(-58.5, -34.7, -58.3, -34.5)
+    assert bbox_argv(["--bbox", "--out", "x"]) == ["--bbox", "--out", "x"]  # an option is not joined
+    assert bbox_argv(["--", "--bbox", "-1,2,3,4"]) == ["--", "--bbox", "-1,2,3,4"]
+
+
+def test_fetch_only_cli_takes_a_western_box(tmp_path, monkeypatch, capsys):
+    from geo.mapillary.__main__ import main
+
+    monkeypatch.delenv("MAPILLARY_ACCESS_TOKEN", raising=False)
+    code = main(["--bbox", "-122.42,37.77,-122.41,37.78", "--store", str(tmp_path / "s"), "--no-progress"])
+    assert code == 3 and "MAPILLARY_ACCESS_TOKEN" in capsys.readouterr().err  # past argparse and the bbox

@@ -82,10 +82,10 @@ def test_debug_shows_the_traceback(tmp_path):
 
 @pytest.mark.parametrize("bbox", ["9.16,48.76,9.18,48.78", "[9.16, 48.76, 9.18, 48.78]", "-122.45,37.76,-122.43,37.78"])
 def test_both_bbox_forms_and_negative_numbers_reach_the_configuration(bbox):
-    from flows.cli import _negative_bbox_attached
+    from geo.bbox import bbox_argv
 
     elsewhere = ["--source", "mapillary", "--roads", str(REPO / "tests" / "data" / "pyrosm_test.osm.pbf")]
-    args = build_parser().parse_args(_negative_bbox_attached(["run", "--bbox", bbox, "--model", "tiny", *elsewhere]))
+    args = build_parser().parse_args(bbox_argv(["run", "--bbox", bbox, "--model", "tiny", *elsewhere]))
     assert run_config(**config_options(args)).bbox == json.loads(bbox if bbox.startswith("[") else f"[{bbox}]")
 
 
@@ -97,7 +97,7 @@ def test_cli_options_are_the_configuration_fields_with_their_help():
         action = by_flag[cli_flag(group, name)]
         assert action.dest == f"config.{name}" and action.help == field.description, name
     options = {a.dest for a in run._actions if a.dest.startswith("config.")}
-    assert options == {f"config.{name}" for _, name in fields} and len(fields) == 32
+    assert options == {f"config.{name}" for _, name in fields} and len(fields) == 33
 
 
 def test_the_configuration_records_typed_grouped_parameters():

@@ -105,3 +105,62 @@ def test_folder_source_errors_name_the_problem(tmp_path):
         make_source("folder")
     with pytest.raises(ImagerySourceError, match="choose from sample, folder"):
         make_source("flickr")
+
+
+# paths stay inside the folder; rows with unusable coordinates are failure rows --------------------
+pytestmark = pytest.mark.timeout(120)
+
+
+def _adds_up(result):
+    c = result.counts
+    return (c["discovered"] == c["selected"] + sum(c["not_selected"].values()) + c["discover_failed"]
+            and c["selected"] == c["downloaded"] + c["download_failed"]
+            and sum(c["failed"].values()) == len(result.failures) == c["discover_failed"] + c["download_failed"])
+
+
+@pytest.mark.parametrize("escape", ["../outside.jpg", "pics/../../outside.jpg", "ABSOLUTE", "LINK"])
+def test_paths_leading_outside_the_folder_are_failure_rows(tmp_path, escape):
+    folder, meta = _folder_with_sample(tmp_path)
+    outside = tmp_path / "outside.jpg"
+    shutil.copy(folder / meta.path[0], outside)  # a real image: following the path would "work"
+    if escape == "ABSOLUTE":
+        escape = str(outside)
+    elif escape == "LINK":
+        (folder / "pics" / "link.jpg").symlink_to(outside)
+        escape = "pics/link.jpg"
+    meta.loc[0, "path"] = escape
+    meta.to_csv(folder / "images.csv", index=False)
+    store = tmp_path / "store"
+    result = collect_images(make_source("folder", folder), SAMPLE, store, progress=False)
+    assert meta.image_id[0] not in set(result.images.image_id) and len(result.images) == len(meta) - 1
+    reasons = dict(zip(result.failures.item_id, result.failures.reason))
+    assert reasons[meta.image_id[0]].startswith("path outside the folder")
+    assert _adds_up(result) and result.counts["failed"] == {"path outside the folder": 1}
+    assert len(list(store.iterdir())) == len(meta) - 1  # nothing was copied from outside
+    opted_in = collect_images(make_source("folder", folder, options={"allow_outside": True}), SAMPLE,
+                              tmp_path / "store2", progress=False)
+    assert len(opted_in.images) == len(meta) and opted_in.failures.empty and _adds_up(opted_in)
+
+
+def test_rows_with_unusable_coordinates_or_paths_are_failure_rows(tmp_path):
+    folder, meta = _folder_with_sample(tmp_path, n=6)
+    meta["lon"] = meta["lon"].astype(float)
+    meta.loc[0, "lon"] = None
+    meta.loc[1, "lat"] = float("nan")
+    meta.loc[2, "lon"] = 200.0
+    meta.loc[3, "lat"] = -95.0
+    meta.loc[4, "path"] = ""
+    meta.to_csv(folder / "images.csv", index=False)
+    result = collect_images(make_source("folder", folder), SAMPLE, tmp_path / "store", progress=False)
+    assert len(result.images) == 1 and _adds_up(result)
+    assert result.counts["failed"] == {"no geometry": 2, "coordinates out of range": 2, "no path": 1}
+    assert result.counts["discovered"] == 6
+
+
+def test_counts_of_a_plain_collection_add_up(tmp_path):
+    folder, meta = _folder_with_sample(tmp_path)
+    (folder / meta.path[1]).unlink()
+    result = collect_images(make_source("folder", folder), SAMPLE, tmp_path / "store", progress=False, max_images=3)
+    assert _adds_up(result)
+    assert result.counts["not_selected"] == {"beyond max_images": 1}
+    assert result.counts["failed"] == {"missing file": 1}

@@ -39,7 +39,7 @@ def attribution(*sources: str) -> list[str]:
 def finish_run(folder: RunFolder, *, parameters: Mapping[str, Any], model: Mapping[str, Any],
                adaptation: Mapping[str, Any] | None, counts: AuditCounts, failures: pd.DataFrame,
                predictions_reused: bool, outputs: Mapping[str, str], timings_s: Mapping[str, float],
-               credits: list[str]) -> dict[str, Any]:
+               credits: list[str], ingest: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write ``run.json``, check the outputs and swap them in as a whole; returns the run summary (counts,
     outputs, what was adapted). ``outputs`` are the published files, in the staging folder."""
     verify_database(folder.database, counts.images, counts.segments)
@@ -62,7 +62,8 @@ def finish_run(folder: RunFolder, *, parameters: Mapping[str, Any], model: Mappi
     write_manifest(
         folder.staging / "run.json", run_id=folder.run_id, parameters=parameters,
         model={**model, **({"adaptation": adaptation} if adaptation else {})},
-        counts={k: v for k, v in summary.items() if isinstance(v, int) and not isinstance(v, bool)},
+        counts={**{k: v for k, v in summary.items() if isinstance(v, int) and not isinstance(v, bool)},
+                "ingest": dict(ingest or {})},
         timings_s=timings_s, failures=failures.to_dict("records"), outputs=final, attribution=credits)
     swap_in(folder.staging, folder.out)
     return {**summary, "outputs": final}

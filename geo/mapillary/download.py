@@ -21,8 +21,8 @@ from typing import Any, Iterable
 from PIL import Image
 from tqdm.auto import tqdm
 
-from geo.mapillary.client import MapillaryClient
-from geo.mapillary.errors import CorruptImageError, ExpiredURLError, InvalidTokenError, MapillaryError, redact
+from geo.mapillary.client import MapillaryClient, UnusableAnswer
+from geo.mapillary.errors import CorruptImageError, ExpiredURLError, InvalidTokenError, MapillaryError, describe
 from geo.mapillary.manifest import Manifest
 from geo.mapillary.options import MapillaryOptions
 from geo.mapillary.records import ENTITY_FIELDS, graph_record, merge
@@ -84,32 +84,51 @@ def _verified_existing(final: Path, expected_sha256: str | None) -> tuple[str, i
     return sha, width, height
 
 
+def _same_id(image_id: str):
+    """A ``check`` for ``client.graph``: the entity answered must be the one asked for."""
+    def check(body: dict[str, Any]) -> None:
+        answered = graph_record({"id": body.get("id")})["image_id"]
+        if answered != image_id:
+            raise UnusableAnswer(f"asked for image {image_id}, the answer is for {str(answered)[:40]!r}",
+                                 kind="answer for another id")
+    return check
+
+
 async def fetch_thumbnail(client: MapillaryClient, image_id: str, options: MapillaryOptions
                           ) -> tuple[bytes, tuple[int, int], dict[str, Any]]:
-    """Bytes, (width, height) and the entity record of one image, with retries for bad bytes and expired URLs."""
+    """Bytes, (width, height) and the entity record of one image, with retries for bad bytes and expired URLs.
+
+    The length check compares ``Content-Length`` with the bytes that came over the wire (before
+    ``Content-Encoding`` is decoded: a gzip-encoded JPEG is not "truncated"); then the decoded
+    bytes must decode completely as an image.
+    """
     fields = ",".join((*ENTITY_FIELDS, options.thumb_field))
     problems = []
     for _ in range(options.download_attempts):
-        entity = await client.graph(image_id, {"fields": fields})  # a fresh signed URL every attempt
+        # a fresh signed URL every attempt; an answer for another id is retried, then a failure
+        entity = await client.graph(image_id, {"fields": fields}, check=_same_id(image_id))
         url = entity.get(options.thumb_field)
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise MapillaryError(f"image {image_id}: the entity has no usable {options.thumb_field} "
-                                 f"(got {str(url)[:60]!r}); the image may be private or deleted")
+                                 f"(got {str(url)[:60]!r}); the image may be private or deleted",
+                                 kind="no thumbnail url")
         try:
-            response = await client.thumbnail(url)
+            answer = await client.thumbnail(url)
         except ExpiredURLError as exc:
             problems.append(str(exc))
             continue
-        data = response.content
-        length = response.headers.get("Content-Length")
+        length = answer.headers.get("Content-Length", "").strip()
         try:
-            size = await asyncio.to_thread(check_image, data, int(length) if length and length.isdigit() else None)
+            if length.isdigit() and answer.raw_bytes != int(length):
+                raise CorruptImageError(f"truncated download: {answer.raw_bytes} of {length} bytes")
+            size = await asyncio.to_thread(check_image, answer.content)
         except CorruptImageError as exc:
             problems.append(str(exc))
             continue
-        return data, size, graph_record(entity)
+        return answer.content, size, graph_record(entity)
+    kind = "url expired" if problems and all("expired" in p for p in problems) else "corrupt image"
     raise CorruptImageError(f"image {image_id}: no good thumbnail after {options.download_attempts} attempts "
-                            f"({'; '.join(problems)})")
+                            f"({'; '.join(problems)})", kind=kind)
 
 
 async def download_images(client: MapillaryClient, candidates: Iterable[dict[str, Any]], store: Path,
@@ -150,7 +169,7 @@ async def download_images(client: MapillaryClient, candidates: Iterable[dict[str
         except InvalidTokenError:
             raise
         except Exception as exc:  # noqa: BLE001 - recorded per image; the run goes on
-            reason = redact(f"{type(exc).__name__}: {exc}")
+            reason = describe(exc)
             manifest.record_failed(image_id, "mapillary download", reason)
             failures.append((image_id, "mapillary download", reason))
             return

@@ -46,7 +46,9 @@ class MapillaryOptions:
     search_limit: int = 1000  # per search box; a box that returns this many is split in four
     min_search_tile_deg: float = 0.0005  # stop splitting below this side (and record that the box may be incomplete)
     concurrency: int = 16  # requests in flight per tile task
-    timeout_s: float = 30.0
+    timeout_s: float = 30.0  # idle timeout: connect, and each read of the body
+    deadline_s: float | None = None  # total time for one attempt, body included; None: 4 x timeout_s
+    max_body_mb: float = 64.0  # largest decoded answer accepted (a decompression bomb is refused)
     max_retries: int = 6
     backoff_base_s: float = 0.5
     backoff_max_s: float = 60.0
@@ -69,9 +71,12 @@ class MapillaryOptions:
             raise OptionsError(f"thumb_size must be one of {THUMB_SIZES}, got {self.thumb_size!r}")
         if not 0 < self.search_tile_deg < 0.01:
             raise OptionsError(f"search_tile_deg must be in (0, 0.01): the API refuses boxes of 0.01 degree; got {self.search_tile_deg}")
-        for name in ("search_rpm", "entity_rpm", "tiles_rpm", "thumbs_rpm", "timeout_s", "concurrency", "search_limit"):
+        for name in ("search_rpm", "entity_rpm", "tiles_rpm", "thumbs_rpm", "timeout_s", "concurrency", "search_limit",
+                     "max_body_mb"):
             if not getattr(self, name) > 0:
                 raise OptionsError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise OptionsError(f"deadline_s must be positive (or None for 4 x timeout_s), got {self.deadline_s!r}")
         if self.max_images is not None and self.max_images < 1:
             raise OptionsError(f"max_images must be at least 1, got {self.max_images}")
         if self.min_spacing_m < 0:
@@ -102,6 +107,11 @@ class MapillaryOptions:
         return dataclasses.asdict(self)
 
     @property
+    def deadline(self) -> float:
+        """Seconds one request attempt may take in total (connect, headers, whole body)."""
+        return self.deadline_s if self.deadline_s is not None else 4 * self.timeout_s
+
+    @property
     def thumb_field(self) -> str:
         """The Graph field holding the thumbnail URL for ``thumb_size`` (e.g. ``thumb_1024_url``)."""
         return f"thumb_{self.thumb_size}_url"
@@ -126,7 +136,7 @@ def _convert(name: str, value: str, default: object) -> object:
         return value if value == "original" else _number(name, value, int)
     if name in _INT_FIELDS:
         return _number(name, value, int)
-    if isinstance(default, float):
+    if isinstance(default, float) or name == "deadline_s":
         return _number(name, value, float)
     return value
 

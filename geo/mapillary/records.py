@@ -4,7 +4,14 @@ A record is a plain dict with the ``images`` contract names (``image_id``, ``seq
 ``captured_at``, ``compass_angle``, ``is_pano``, ``camera_type``, ``lon``, ``lat``, ``width``,
 ``height``) plus ``organization_id`` and ``creator_id``. Every field except ``image_id`` is
 optional: a missing or malformed value becomes ``None`` instead of an exception. Positions
-prefer the SfM-computed geometry and fall back to the raw GPS one.
+prefer the SfM-computed geometry and fall back to the raw GPS one; ``position_problem`` says
+why an answer has no usable position ("no geometry", "coordinates out of range"), so that
+discovery records it as a failure instead of dropping it.
+
+Numeric ``captured_at`` values are read by magnitude (the API sends epoch milliseconds, other
+tools seconds or microseconds): ``|n| < 1e11`` is seconds (1e11 s is the year 5138, while 1e11
+ms is March 1973, earlier than any street-level image), ``< 1e14`` milliseconds, ``< 1e17``
+microseconds, anything larger nanoseconds. ISO strings are read as such (naive means UTC).
 """
 
 from __future__ import annotations
@@ -52,12 +59,28 @@ def _flag(value: Any) -> bool | None:
     return None
 
 
+#: Upper bounds (exclusive, on the absolute value) of epoch seconds, milliseconds and microseconds.
+SECONDS_BELOW, MILLISECONDS_BELOW, MICROSECONDS_BELOW = 1e11, 1e14, 1e17
+
+
+def epoch_seconds(number: float) -> float:
+    """An epoch number in seconds, milliseconds, microseconds or nanoseconds as seconds, decided by magnitude."""
+    size = abs(number)
+    if size < SECONDS_BELOW:
+        return number
+    if size < MILLISECONDS_BELOW:
+        return number / 1e3
+    if size < MICROSECONDS_BELOW:
+        return number / 1e6
+    return number / 1e9
+
+
 def captured_at_utc(value: Any) -> datetime | None:
-    """A Mapillary ``captured_at`` (epoch milliseconds, or an ISO string) as an aware UTC datetime, or None."""
-    number = _number(value)
+    """A ``captured_at`` (epoch seconds/ms/µs/ns by magnitude, or an ISO string) as an aware UTC datetime, or None."""
+    number = _number(value)  # numeric strings too
     if number is not None:
         try:
-            return datetime.fromtimestamp(number / 1000.0, tz=timezone.utc)
+            return datetime.fromtimestamp(epoch_seconds(number), tz=timezone.utc)
         except (OverflowError, OSError, ValueError):
             return None
     if isinstance(value, str) and value.strip():
@@ -79,6 +102,26 @@ def _point(geometry: Any) -> tuple[float, float] | None:
     if lon is None or lat is None or not (-180 <= lon <= 180 and -90 <= lat <= 90):
         return None
     return lon, lat
+
+
+def _point_problem(geometry: Any) -> str:
+    if not isinstance(geometry, Mapping):
+        return "no geometry"
+    coords = geometry.get("coordinates")
+    if not isinstance(coords, (list, tuple)) or len(coords) < 2:
+        return "no geometry"
+    lon, lat = _number(coords[0]), _number(coords[1])
+    if lon is None or lat is None:
+        return "no geometry" if coords[0] is None or coords[1] is None else "coordinates out of range"
+    return "coordinates out of range"
+
+
+def position_problem(entity: Mapping[str, Any]) -> str | None:
+    """None when a Graph answer has a usable position, else why not: "no geometry" or "coordinates out of range"."""
+    if _point(entity.get("computed_geometry")) or _point(entity.get("geometry")):
+        return None
+    problems = {_point_problem(entity.get(key)) for key in ("computed_geometry", "geometry")}
+    return "coordinates out of range" if "coordinates out of range" in problems else "no geometry"
 
 
 def graph_record(entity: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,11 @@ boxes of ``search_tile_deg`` (0.005 by default), results are deduplicated by id,
 that returns ``search_limit`` results (the answer may be cut off) is split in four and asked
 again, down to ``min_search_tile_deg``. A box that is still full at that size is reported in
 the result's ``saturated`` list, never silently dropped.
+
+An answer must be a JSON object with a ``data`` list: an HTTP 200 whose body is an error or
+has no ``data`` list is retried, then the box (and so its tile) fails; it is never read as "no
+images". A result without an id, without a position, with coordinates out of range or outside
+the run's bbox is a failure row of ``SearchResult.failures``, not a silent gap.
 """
 
 from __future__ import annotations
@@ -16,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from geo.bbox import BBox
-from geo.mapillary.client import MapillaryClient
+from geo.mapillary.client import MapillaryClient, UnusableAnswer
 from geo.mapillary.options import MapillaryOptions, parse_time
-from geo.mapillary.records import SEARCH_FIELDS, graph_record
+from geo.mapillary.records import SEARCH_FIELDS, graph_record, position_problem
 
 log = logging.getLogger("geo.mapillary")
 
@@ -28,6 +33,7 @@ class SearchResult:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)  # image_id -> record
     requests: int = 0
     saturated: list[BBox] = field(default_factory=list)  # boxes still at the limit after splitting
+    failures: dict[str, str] = field(default_factory=dict)  # item id -> reason ("no geometry: ...")
 
 
 def split_box(box: BBox, side_deg: float) -> list[BBox]:
@@ -63,25 +69,45 @@ def search_params(box: BBox, options: MapillaryOptions) -> dict[str, str]:
     return params
 
 
-async def search_area(client: MapillaryClient, area: BBox, options: MapillaryOptions) -> SearchResult:
-    """Every image the search returns inside ``area``, deduplicated by id, splitting full boxes."""
+def _has_data_list(body: dict[str, Any]) -> None:
+    if not isinstance(body.get("data"), list):
+        raise UnusableAnswer(f"a search answer without a 'data' list (keys: {sorted(body)[:8]})")
+
+
+def _triage(item: Any, index: int, box: BBox, within: BBox | None, result: SearchResult) -> None:
+    """Put one search result into ``result.records`` or, with the reason, into ``result.failures``."""
+    if not isinstance(item, dict):
+        result.failures[f"result {index} of search box {box}"] = f"unusable result: {type(item).__name__}, not an object"
+        return
+    record = graph_record(item)
+    image_id = record["image_id"]
+    if image_id is None:
+        result.failures[f"result {index} of search box {box}"] = "no image id: a search result without an id"
+        return
+    problem = position_problem(item)
+    if problem is not None:
+        result.failures[image_id] = f"{problem}: search result {image_id} has no usable position"
+    elif within is not None and not within.contains(record["lon"], record["lat"]):
+        result.failures[image_id] = (f"outside bbox: search result {image_id} at {record['lon']:.6f},"
+                                     f"{record['lat']:.6f} lies outside the bbox {within}")
+    else:
+        result.records.setdefault(image_id, record)
+
+
+async def search_area(client: MapillaryClient, area: BBox, options: MapillaryOptions,
+                      within: BBox | None = None) -> SearchResult:
+    """Every image the search returns inside ``area``, deduplicated by id, splitting full boxes.
+
+    ``within`` (the run's bbox): results outside it are failures ("outside bbox").
+    """
     result = SearchResult()
 
     async def one(box: BBox) -> None:
-        body = await client.graph("images", search_params(box, options))
+        body = await client.graph("images", search_params(box, options), check=_has_data_list)
         result.requests += 1
-        data = body.get("data")
-        data = data if isinstance(data, list) else []
-        unplaced = 0
-        for item in data:
-            if isinstance(item, dict):
-                record = graph_record(item)
-                if record["image_id"] is not None and record["lon"] is not None:
-                    result.records.setdefault(record["image_id"], record)
-                else:
-                    unplaced += 1
-        if unplaced:
-            log.info("search box %s: skipped %d results without an id or a position", box, unplaced)
+        data = body["data"]
+        for index, item in enumerate(data):
+            _triage(item, index, box, within, result)
         if len(data) >= options.search_limit:
             side_deg = max(box.max_lon - box.min_lon, box.max_lat - box.min_lat)
             if side_deg / 2 >= options.min_search_tile_deg:
@@ -93,4 +119,6 @@ async def search_area(client: MapillaryClient, area: BBox, options: MapillaryOpt
                 result.saturated.append(box)
 
     await asyncio.gather(*(one(box) for box in split_box(area, options.search_tile_deg)))
+    for image_id in set(result.failures) & set(result.records):  # another box placed it well
+        del result.failures[image_id]
     return result

@@ -29,27 +29,41 @@ def records_frame(records) -> pd.DataFrame:
     return frame
 
 
-def apply_filters(frame: pd.DataFrame, options: MapillaryOptions, bbox: BBox | None = None) -> pd.DataFrame:
-    """Rows inside ``bbox`` that pass the capture-date range, panorama and organisation filters.
+def filter_reasons(frame: pd.DataFrame, options: MapillaryOptions, bbox: BBox | None = None) -> pd.Series:
+    """Per row, why the filters drop it ("outside bbox", "captured before captured_after", ...), or None to keep it.
 
-    Images with an unknown capture time are dropped when a date range is set; images with an
-    unknown panorama flag count as not panoramic.
+    Images with an unknown capture time are dropped when a date range is set ("unknown capture
+    time"); images with an unknown panorama flag count as not panoramic.
     """
-    keep = frame["lon"].notna() & frame["lat"].notna()
+    reasons = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+
+    def drop(mask, reason: str) -> None:
+        mask = pd.Series(mask, index=frame.index).fillna(False).astype(bool)
+        reasons[mask & reasons.isna()] = reason
+
+    drop(frame["lon"].isna() | frame["lat"].isna(), "no position")
     if bbox is not None:
-        keep &= frame["lon"].between(bbox.min_lon, bbox.max_lon) & frame["lat"].between(bbox.min_lat, bbox.max_lat)
+        drop(~(frame["lon"].between(bbox.min_lon, bbox.max_lon) & frame["lat"].between(bbox.min_lat, bbox.max_lat)),
+             "outside bbox")
+    if options.captured_after or options.captured_before:
+        drop(frame["captured_at"].isna(), "unknown capture time")
     if options.captured_after:
-        keep &= frame["captured_at"] >= parse_time(options.captured_after)
+        drop(frame["captured_at"] < parse_time(options.captured_after), "captured before captured_after")
     if options.captured_before:
-        keep &= frame["captured_at"] < parse_time(options.captured_before)
+        drop(frame["captured_at"] >= parse_time(options.captured_before), "captured at or after captured_before")
     pano = frame["is_pano"].astype("boolean").fillna(False).astype(bool)
     if options.panoramas == "no":
-        keep &= ~pano
+        drop(pano, "panorama (panoramas=no)")
     elif options.panoramas == "only":
-        keep &= pano
+        drop(~pano, "not a panorama (panoramas=only)")
     if options.organization_id:
-        keep &= frame["organization_id"].astype("string") == str(options.organization_id)
-    return frame.loc[keep.to_numpy()].reset_index(drop=True)
+        drop(frame["organization_id"].astype("string") != str(options.organization_id), "another organization")
+    return reasons
+
+
+def apply_filters(frame: pd.DataFrame, options: MapillaryOptions, bbox: BBox | None = None) -> pd.DataFrame:
+    """Rows inside ``bbox`` that pass the capture-date range, panorama and organisation filters (see ``filter_reasons``)."""
+    return frame.loc[filter_reasons(frame, options, bbox).isna().to_numpy()].reset_index(drop=True)
 
 
 def distance_m(lon1, lat1, lon2, lat2) -> np.ndarray:
@@ -98,8 +112,22 @@ def limit_count(frame: pd.DataFrame, max_images: int | None) -> pd.DataFrame:
     return ordered.head(max_images).sort_index().reset_index(drop=True)
 
 
+def select_counted(frame: pd.DataFrame, options: MapillaryOptions, bbox: BBox | None = None
+                   ) -> tuple[pd.DataFrame, dict[str, int]]:
+    """``select_images`` and, per reason, how many distinct images it left out (they add up to the difference)."""
+    unique = frame.drop_duplicates("image_id")
+    reasons = filter_reasons(unique, options, bbox)
+    dropped = {str(k): int(v) for k, v in reasons.dropna().value_counts().items()}
+    chosen = unique.loc[reasons.isna().to_numpy()].reset_index(drop=True)
+    thinned = thin_sequences(chosen, options.min_spacing_m)
+    if len(thinned) < len(chosen):
+        dropped["thinned (min_spacing_m)"] = len(chosen) - len(thinned)
+    limited = limit_count(thinned, options.max_images)
+    if len(limited) < len(thinned):
+        dropped["beyond max_images"] = len(thinned) - len(limited)
+    return limited.sort_values("image_id", ignore_index=True), dropped
+
+
 def select_images(frame: pd.DataFrame, options: MapillaryOptions, bbox: BBox | None = None) -> pd.DataFrame:
     """Filters, then thinning, then the maximum count; rows sorted by ``image_id``, one per id."""
-    chosen = apply_filters(frame.drop_duplicates("image_id"), options, bbox)
-    chosen = limit_count(thin_sequences(chosen, options.min_spacing_m), options.max_images)
-    return chosen.sort_values("image_id", ignore_index=True)
+    return select_counted(frame, options, bbox)[0]

@@ -23,20 +23,22 @@ from typing import Any, Mapping
 import pandas as pd
 import pyarrow as pa
 
-from contracts.results import ImageCollection
-from contracts.tables import FAILURE_COLUMNS, IMAGES, conform
+from contracts.results import ImageCollection, UnitDiscovery
+from contracts.tables import FAILURE_COLUMNS, IMAGES, conform, failures_frame
 from geo.bbox import BBox
-from geo.mapillary.client import MapillaryClient
+from geo.mapillary.client import MapillaryClient, UnusableAnswer
+from geo.mapillary.counts import TileDiscovery, finish
 from geo.mapillary.download import download_images, fetch_thumbnail, remove_partials
-from geo.mapillary.errors import InvalidTokenError, MapillaryError, redact
+from geo.mapillary.errors import InvalidTokenError, MissingTokenError, describe
 from geo.mapillary.manifest import Manifest
 from geo.mapillary.options import ATTRIBUTION, MapillaryOptions, resolve_token
 from geo.mapillary.search import search_area
-from geo.mapillary.select import records_frame, select_images
-from geo.mapillary.tiles import covering_tiles, decode_image_layer, parse_tile, tile_box
+from geo.mapillary.select import records_frame, select_counted
+from geo.mapillary.tiles import TileDecodeError, covering_tiles, decode_tile, parse_tile, tile_box
 
 log = logging.getLogger("geo.mapillary")
 MANIFEST_NAME = "mapillary-manifest.sqlite"
+DISCOVER_STAGE = "mapillary discover"
 
 
 def run_sync(coroutine):
@@ -92,51 +94,87 @@ class MapillarySource:
         """Cache key of one tile's discovery: the tile, its part of ``bbox``, the filters and the endpoints."""
         return self.options.query_key(tile, tile_box(tile, bbox))
 
-    async def discover_tile_async(self, client: MapillaryClient, tile: str, bbox: BBox) -> list[dict[str, Any]]:
-        """Records of the images in ``tile`` ∩ ``bbox`` (before selection), each with a ``tile`` key."""
+    async def discover_tile_async(self, client: MapillaryClient, tile: str, bbox: BBox) -> TileDiscovery:
+        """Records of the images in ``tile`` ∩ ``bbox`` (before selection), each with a ``tile`` key, and failures.
+
+        A tile that cannot be decoded is retried like a 5xx (``client.tile``'s check) and then
+        raises a ``MapillaryAPIError`` of kind "tile undecodable"; a search box whose answer is
+        unusable fails the same way. Results without an id or a usable position, and search
+        results outside ``bbox``, become failure rows; the discovery is then incomplete.
+        """
         area = tile_box(tile, bbox)
+        failures: dict[str, str] = {}
+        units: list[tuple[str, str, str]] = []
         if self.options.discovery == "tiles":
             t = parse_tile(tile)
-            data = await client.tile(self.options.coverage, t.z, t.x, t.y)
-            # filter by the bbox, not the tile: positions are quantised and may sit a hair outside their tile
-            records = [r for r in decode_image_layer(data, tile) if bbox.contains(r["lon"], r["lat"])]
+            decoded: dict[str, Any] = {}
+
+            def check(data: bytes) -> None:
+                try:
+                    # filter by the bbox, not the tile: positions are quantised and may sit a hair outside
+                    decoded["result"] = decode_tile(data, tile, bbox=bbox)
+                except TileDecodeError as exc:
+                    raise UnusableAnswer(f"tile {tile}: {exc}", kind="tile undecodable") from None
+
+            data = await client.tile(self.options.coverage, t.z, t.x, t.y, check=check)
+            records, failures = decoded["result"] if data else ([], {})
         else:
-            result = await search_area(client, area, self.options)
-            records = list(result.records.values())
+            result = await search_area(client, area, self.options, within=bbox)
+            records, failures = list(result.records.values()), result.failures
+            for box in result.saturated:
+                units.append((f"search box {box}", DISCOVER_STAGE,
+                              f"search box still full: {self.options.search_limit} results at the smallest size "
+                              f"(min_search_tile_deg={self.options.min_search_tile_deg:g}); images may be missing"))
             if result.saturated:
                 log.warning("tile %s: %d search boxes were still full at the smallest size; some images may be "
                             "missing there", tile, len(result.saturated))
         for record in records:
             record["tile"] = tile
-        return records
+        rows = units + [(item, DISCOVER_STAGE, reason) for item, reason in sorted(failures.items())]
+        found = TileDiscovery(tile, records_frame(records), rows, complete=not rows)
+        found.raw = records  # the records as answered, for the manifest (not kept in the result)
+        return found
 
-    def discover_tile(self, tile: str, bbox: BBox, manifest: Manifest | str | Path | None = None) -> pd.DataFrame:
-        """Candidate records of one tile as a DataFrame; reuses and fills the resume ``manifest`` when given."""
+    def discover_tile_result(self, tile: str, bbox: BBox,
+                             manifest: Manifest | str | Path | None = None) -> TileDiscovery:
+        """Discovery of one tile; reuses and fills the resume ``manifest`` when given (complete answers only)."""
         manifest = Manifest(manifest) if isinstance(manifest, (str, Path)) else manifest
         key = self.query_key(tile, bbox)
         records = manifest.tile_records(tile, key) if manifest is not None else None
-        if records is None:
-            async def run() -> list[dict[str, Any]]:
+        if records is not None:
+            found = TileDiscovery(tile, records_frame(records))
+        else:
+            async def run() -> TileDiscovery:
                 async with self.client() as client:
                     return await self.discover_tile_async(client, tile, bbox)
 
-            records = run_sync(run())
-            if manifest is not None:
-                manifest.record_tile(tile, key, records)
-        log.info("tile %s: %d images discovered", tile, len(records))
-        return records_frame(records)
+            found = run_sync(run())
+            raw, found.raw = found.raw, []
+            if manifest is not None and found.complete:  # an incomplete tile is asked again next run
+                manifest.record_tile(tile, key, raw)
+        log.info("tile %s: %d images discovered, %d failure rows%s", tile, len(found.records), len(found.failures),
+                 "" if found.complete else " (incomplete: asked again next run)")
+        return found
+
+    def discover_tile(self, tile: str, bbox: BBox, manifest: Manifest | str | Path | None = None) -> pd.DataFrame:
+        """Candidate records of one tile as a DataFrame (see ``discover_tile_result`` for the failures)."""
+        return self.discover_tile_result(tile, bbox, manifest).records
 
     # 2. selection ------------------------------------------------------------------------------
-    def select(self, candidates: pd.DataFrame | list[pd.DataFrame], bbox: BBox | None = None,
-               max_images: int | None = None) -> pd.DataFrame:
-        """The images to download, from the candidates of every tile (filters, thinning, maximum count).
+    def select_counted(self, candidates: pd.DataFrame | list[pd.DataFrame], bbox: BBox | None = None,
+                       max_images: int | None = None) -> tuple[pd.DataFrame, dict[str, int]]:
+        """The images to download and, per reason, how many candidates were left out.
 
         ``max_images`` overrides the ``max_images`` option."""
         if isinstance(candidates, list):
             frames = [c for c in candidates if len(c)]
             candidates = pd.concat(frames, ignore_index=True) if frames else records_frame([])
         options = self.options if max_images is None else self.with_options(max_images=max_images).options
-        return select_images(candidates, options, bbox)
+        return select_counted(candidates, options, bbox)
+
+    def select(self, candidates: pd.DataFrame | list[pd.DataFrame], bbox: BBox | None = None) -> pd.DataFrame:
+        """The images to download, from the candidates of every tile (filters, thinning, maximum count)."""
+        return self.select_counted(candidates, bbox)[0]
 
     # 3. download -------------------------------------------------------------------------------
     def download_tile(self, selected: pd.DataFrame, store: str | Path, manifest: Manifest | str | Path,
@@ -169,12 +207,17 @@ class MapillarySource:
         self.check_token()
         return self.prepare_store(store)
 
-    def discover_unit(self, tile: str, bbox: BBox, manifest: Manifest | str | Path | None = None) -> pd.DataFrame:
-        return self.discover_tile(tile, bbox, manifest)
+    def discover_unit(self, tile: str, bbox: BBox, manifest: Manifest | str | Path | None = None) -> UnitDiscovery:
+        return self.discover_tile_result(tile, bbox, manifest)
 
     def collect_unit(self, selected: pd.DataFrame, store: str | Path, manifest: Manifest | str | Path,
                      tile: str) -> ImageCollection:
         return self.download_tile(selected, store, manifest, label=tile)
+
+    def finish(self, discoveries: list[UnitDiscovery], unit_failures: list[tuple[str, str, str]],
+               selected: pd.DataFrame, not_selected: dict[str, int], collected: ImageCollection,
+               units: int) -> ImageCollection:
+        return finish(discoveries, unit_failures, selected, not_selected, collected, tiles=units)
 
     # everything --------------------------------------------------------------------------------
     def ingest(self, bbox: BBox, store: str | Path, manifest: str | Path | None = None,
@@ -187,24 +230,24 @@ class MapillarySource:
         manifest = Manifest(manifest or store.parent / "work" / MANIFEST_NAME)
         self.check_token()
         self.prepare_store(store)
-        frames, failures = [], []
-        for tile in self.tiles(bbox):
+        tiles = self.tiles(bbox)
+        discoveries, unit_failures = [], []
+        for tile in tiles:
             try:
-                frames.append(self.discover_tile(tile, bbox, manifest))
-            except (InvalidTokenError, MapillaryError) as exc:
-                if isinstance(exc, InvalidTokenError):
-                    raise
-                failures.append((f"tile {tile}", "mapillary discover", redact(exc)))
-        selected = self.select(frames, bbox)
+                discoveries.append(self.discover_tile_result(tile, bbox, manifest))
+            except (InvalidTokenError, MissingTokenError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad tile is a failure row; the rest goes on
+                unit_failures.append((f"tile {tile}", DISCOVER_STAGE, describe(exc)))
+        selected, not_selected = self.select_counted([d.records for d in discoveries], bbox)
         result = self.download_tile(selected, store, manifest, progress=progress)
-        return ImageCollection(result.images, pd.concat([pd.DataFrame(failures, columns=list(FAILURE_COLUMNS)),
-                                                         result.failures], ignore_index=True))
+        return finish(discoveries, unit_failures, selected, not_selected, result, tiles=len(tiles))
 
     # the generic ImagerySource protocol ----------------------------------------------------------
     def discover(self, bbox: BBox) -> pd.DataFrame:
         """Selected images in ``bbox`` with an ``origin`` column (``mapillary:<id>``), for ``collect_images``."""
         self.check_token()
-        frames = [self.discover_tile(tile, bbox) for tile in self.tiles(bbox)]
+        frames = [self.discover_tile(tile, bbox) for tile in self.tiles(bbox)]  # a failing tile raises
         selected = self.select(frames, bbox)
         selected["source"] = self.name
         selected["origin"] = "mapillary:" + selected["image_id"].astype(str)

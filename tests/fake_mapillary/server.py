@@ -12,7 +12,10 @@ the recorded responses in ``tests/data/mapillary``:
 Faults on demand with ``inject(endpoint, kind, count)``: ``429`` (with ``Retry-After``), ``500``,
 ``query_timeout`` (400, code -2, ``is_transient: false``), ``slow``, ``timeout``, ``drop``
 (connection closed), ``truncate`` (a cut JPEG with a matching length), ``cut`` (the connection
-closes mid-body), ``expire`` (403 on a thumbnail URL) and ``invalid_token`` (401, code 190).
+closes mid-body), ``expire`` (403 on a thumbnail URL) and ``invalid_token`` (401, code 190);
+the hostile answers of ``faults.py`` (200 with an error body, empty or undecodable tiles,
+trickling or gzip-encoded bodies, answers for another id, results without a position, ...).
+A tile without coverage is HTTP 204, as the real tile server answers it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from tests.fake_mapillary.city import DATA
+from tests.fake_mapillary.faults import HOSTILE, hostile
 
 ENDPOINTS = ("search", "entity", "tiles", "thumbs")
 RATE_LIMIT_BODY = (DATA / "application_request_limit_reached.json").read_bytes()
@@ -52,6 +56,7 @@ class Fault:
     remaining: int
     retry_after_s: float | None = 1.0
     delay_s: float = 0.0
+    code: int = 100  # Graph error code of an error_body fault
 
 
 def jpeg_for(image_id: str, size: str) -> bytes:
@@ -208,7 +213,8 @@ class FakeMapillary:
         with self._lock:
             if key not in self._tile_cache:
                 self._tile_cache[key] = self._encode_tile(mercantile.Tile(x, y, z), computed=layer.endswith("computed_public"))
-            return 200, self._tile_cache[key]
+            body = self._tile_cache[key]
+            return (200, body) if body else (204, b"")
 
     def _encode_tile(self, tile: mercantile.Tile, computed: bool) -> bytes:
         west, south, east, north = mercantile.bounds(tile)
@@ -289,7 +295,7 @@ def _handler(fake: FakeMapillary):
             try:
                 if fake.latency_s:
                     time.sleep(fake.latency_s)
-                if self._fault(endpoint) or not self._check_token(query, endpoint):
+                if self._fault(endpoint, segments, query) or not self._check_token(query, endpoint):
                     return
                 self._answer(endpoint, segments, query)
             except (BrokenPipeError, ConnectionResetError, OSError):
@@ -304,11 +310,14 @@ def _handler(fake: FakeMapillary):
             self._send(401, INVALID_TOKEN_BODY)
             return False
 
-        def _fault(self, endpoint: str) -> bool:
+        def _fault(self, endpoint: str, segments: list[str], query: dict[str, str]) -> bool:
             fault = fake._take_fault(endpoint)
             if fault is None:
                 return False
             kind = fault.kind
+            if kind in HOSTILE:
+                hostile(self, fake, endpoint, fault, segments, query)
+                return True
             if kind in ("slow", "timeout"):
                 time.sleep(fault.delay_s)
                 return False  # then answer normally (a client with a shorter timeout has given up)
