@@ -62,8 +62,8 @@ class ImagerySource(Protocol):
     def discover_unit(self, unit: str, bbox: BBox, manifest: Path | None = None) -> UnitDiscovery:
         """Candidate images of one unit (with the unit in column ``unit_column``) and its failure rows."""
 
-    def select(self, candidates: list[pd.DataFrame], bbox: BBox | None = None,
-               max_images: int | None = None) -> tuple[pd.DataFrame, dict[str, int]]:
+    def select_counted(self, candidates: list[pd.DataFrame], bbox: BBox | None = None,
+                       max_images: int | None = None) -> tuple[pd.DataFrame, dict[str, int]]:
         """The images to collect, from every unit's candidates, and how many were not selected, by reason."""
 
     def collect_unit(self, selected: pd.DataFrame, store: Path, manifest: Path, unit: str) -> ImageCollection:
@@ -161,8 +161,8 @@ class LocalFolderSource:
         candidates, refused = split_refused(self.discover(bbox).sort_values("image_id", ignore_index=True))
         return UnitDiscovery(unit, candidates.assign(**{self.unit_column: unit}), refused)
 
-    def select(self, candidates: list[pd.DataFrame], bbox: BBox | None = None,
-               max_images: int | None = None) -> tuple[pd.DataFrame, dict[str, int]]:
+    def select_counted(self, candidates: list[pd.DataFrame], bbox: BBox | None = None,
+                       max_images: int | None = None) -> tuple[pd.DataFrame, dict[str, int]]:
         frames = [c for c in candidates if len(c)]
         selected = (pd.concat(frames, ignore_index=True) if frames
                     else pd.DataFrame(columns=[*IMAGES.names, "origin", self.unit_column]))

@@ -137,7 +137,7 @@ def test_paths_leading_outside_the_folder_are_failure_rows(tmp_path, escape):
     assert reasons[meta.image_id[0]].startswith("path outside the folder")
     assert _adds_up(result) and result.counts["failed"] == {"path outside the folder": 1}
     assert len(list(store.iterdir())) == len(meta) - 1  # nothing was copied from outside
-    opted_in = collect_images(make_source("folder", folder, options={"allow_outside": True}), SAMPLE,
+    opted_in = collect_images(make_source("folder", folder, allow_outside=True), SAMPLE,
                               tmp_path / "store2", progress=False)
     assert len(opted_in.images) == len(meta) and opted_in.failures.empty and _adds_up(opted_in)
 
