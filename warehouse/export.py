@@ -46,13 +46,25 @@ def write_geoparquet(frame: gpd.GeoDataFrame, path: str | os.PathLike, row_group
     return path
 
 
-def write_geopackage(layers: dict[str, gpd.GeoDataFrame], path: str | os.PathLike) -> Path:
-    """Write each frame as a layer of one GeoPackage (through pyogrio), atomically."""
+#: GeoPackage version written: 1.2 opens without a warning in QGIS 3.22 / GDAL 3.6 (1.4 does not).
+GEOPACKAGE_VERSION = "1.2"
+
+
+def write_geopackage(layers: dict[str, gpd.GeoDataFrame], path: str | os.PathLike,
+                     metadata: dict[str, str] | None = None) -> Path:
+    """Write each frame as a layer of one GeoPackage 1.2 (through pyogrio), atomically.
+
+    ``metadata`` (e.g. ``{"ATTRIBUTION": ...}``) is stored as dataset metadata (GDAL's
+    ``gpkg_metadata`` tables; ``ogrinfo`` and QGIS show it).
+    """
     path = Path(path)
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # GDAL wants the .gpkg extension
     partial.unlink(missing_ok=True)
-    for name, frame in layers.items():
-        frame.to_file(partial, layer=name, driver="GPKG", engine="pyogrio")
+    for number, (name, frame) in enumerate(layers.items()):
+        options = {"dataset_options": {"VERSION": GEOPACKAGE_VERSION}} if number == 0 else {}
+        if number == 0 and metadata:
+            options["dataset_metadata"] = dict(metadata)
+        frame.to_file(partial, layer=name, driver="GPKG", engine="pyogrio", **options)
     os.replace(partial, path)
     return path
 
@@ -126,18 +138,20 @@ def write_tiles(frame: gpd.GeoDataFrame, folder: str | os.PathLike, part_name: s
 
 
 def export_run(segments: gpd.GeoDataFrame, images: gpd.GeoDataFrame, out: str | os.PathLike, *,
-               geopackage: bool = True, tiles_part: str | None = None) -> dict[str, str]:
+               geopackage: bool = True, tiles_part: str | None = None,
+               metadata: dict[str, str] | None = None) -> dict[str, str]:
     """Write ``segments.parquet``, ``images.parquet`` and (``geopackage``) ``segments.gpkg`` into ``out``
     from the frames of ``segments_frame`` and ``images_frame``.
 
-    With ``tiles_part`` also ``tiles/segments/tile=*/<tiles_part>.parquet`` and the same for images.
+    ``metadata`` goes into the GeoPackage's dataset metadata. With ``tiles_part`` also ``tiles/segments/tile=*/<tiles_part>.parquet`` and the same for images.
     Returns the written paths by name.
     """
     out = Path(out)
     outputs = {"segments": str(write_geoparquet(segments, out / "segments.parquet")),
                "images": str(write_geoparquet(images, out / "images.parquet"))}
     if geopackage:
-        outputs["geopackage"] = str(write_geopackage({"segments": segments, "images": images}, out / "segments.gpkg"))
+        outputs["geopackage"] = str(write_geopackage({"segments": segments, "images": images}, out / "segments.gpkg",
+                                                        metadata=metadata))
     if tiles_part:
         write_tiles(segments, out / "tiles" / "segments", tiles_part)
         write_tiles(images, out / "tiles" / "images", tiles_part)

@@ -11,7 +11,7 @@ import math
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import duckdb
 
@@ -23,8 +23,8 @@ OUTPUT_HELP = {
     "geopackage": "the same two layers (segments, images) as GeoPackage: opens in every QGIS",
     "styles": "QGIS .qml styles, one per attribute (Layer Properties > Symbology > Style > Load Style)",
     "raster": "GeoTIFF: band 1 image count per cell, then the share of each attribute class per cell",
-    "map_png": "map picture",
-    "map_html": "interactive map (open in a browser; background tiles load from the web)",
+    "map_png": "map picture: one panel per attribute, scale bar, north arrow, legend, credits",
+    "map_html": "interactive map, works offline (open from disk in a browser; the optional background needs the web)",
     "database": "DuckDB database with all tables and the planner views (docs/planner-outputs.md)",
     "segment_tiles": "segments partitioned by z14 tile (tile=<z>_<x>_<y>/<run>.parquet)",
     "image_tiles": "images partitioned by z14 tile",
@@ -40,8 +40,11 @@ def _fmt(value, digits: int = 1) -> str:
 
 
 def write_report(con: duckdb.DuckDBPyConnection, path: str | os.PathLike, *, run_id: str, model_trained: bool | None,
-                 max_distance_m: float, outputs: Mapping[str, str]) -> Path:
-    """Write ``report.md`` for a built audit database; returns its path."""
+                 max_distance_m: float, outputs: Mapping[str, str], attribution: Sequence[str] = ()) -> Path:
+    """Write ``report.md`` for a built audit database; returns its path.
+
+    ``attribution``: the run's credit lines, listed under "Credits" (keep them with anything published).
+    """
     cov = con.execute(sql("report_coverage")).df().iloc[0]
     labels = con.execute(sql("report_labels")).df()
     unmatched = con.execute(sql("report_unmatched")).df()
@@ -77,6 +80,9 @@ def write_report(con: duckdb.DuckDBPyConnection, path: str | os.PathLike, *, run
     for name, target in outputs.items():
         lines.append(f"| `{Path(target).name}` | {OUTPUT_HELP.get(name, name)} |")
     lines += ["", "How to open each output in QGIS and DuckDB: `docs/planner-outputs.md`.", ""]
+    if attribution:
+        lines += ["## Credits", "", "Keep these lines with anything you publish from this run:", ""]
+        lines += [f"- {line}" for line in attribution] + [""]
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text("\n".join(lines), encoding="utf-8")
