@@ -105,7 +105,7 @@
   });
 
   var base = {};
-  D.attributes.forEach(function (a) { a.group = L.layerGroup(); base[a.title + " (dominant label)"] = a.group; });
+  D.attributes.forEach(function (a) { a.group = L.layerGroup(); base[a.layer] = a.group; });
   var background = L.tileLayer("https://tile.openstreetmap.org/{z}/{x}/{y}.png",
                                {maxZoom: 19, attribution: "background &copy; OpenStreetMap contributors"});
   var overlays = {"road segments": segmentLayer, "images": imageLayer, "OpenStreetMap background (needs network)": background};

@@ -143,7 +143,8 @@ def map_data(segments: gpd.GeoDataFrame, images: gpd.GeoDataFrame, attributes: M
            "confidence": {a: _values(images, f"{a}_confidence", 3) for a in attributes}, "thumb": thumbs}
     return {"title": title, "untrained": untrained, "attribution": list(attribution), "shown": shown,
             "noDataColour": NO_DATA_COLOUR, "bounds": bounds, "empty": not (len(segments) or len(images)),
-            "attributes": [{"name": a, "title": a.replace("_", " "), "classes": list(classes),
+            "attributes": [{"name": a, "title": a.replace("_", " "), "layer": f"{a.replace('_', ' ')} (dominant label)",
+                            "classes": list(classes),
                             "colours": list(class_colours(classes).values())} for a, classes in attributes.items()],
             "segments": seg, "images": img}
 

@@ -48,7 +48,7 @@ def publish_run(database: str | os.PathLike, out: str | os.PathLike, attributes:
                              metadata={"ATTRIBUTION": credit_text(credits, "\n"), "RUN_ID": run_id,
                                        "MODEL_TRAINED": str(model_trained).lower()})
         outputs["styles"] = str(out / "styles")
-        write_styles(out / "styles", attributes)
+        write_styles(out / "styles", attributes, images_attribute=map_attribute)
         embed_styles_in_geopackage(outputs["geopackage"], "segments", attributes, default=map_attribute)
         outputs["raster"] = str(write_coverage_raster(con, out / "coverage.tif", attributes, metric_crs, cell_size_m))
         outputs["map_png"] = str(write_map_png(segments, images, out / "map.png", attributes, metric_crs,
