@@ -10,13 +10,13 @@ none) and one label/confidence pair per attribute. Both carry GeoParquet 1.1 ``g
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Sequence
 
 import duckdb
 import geopandas as gpd
+import mercantile
 import numpy as np
 import pandas as pd
 import shapely
@@ -70,14 +70,14 @@ def write_geopackage(layers: dict[str, gpd.GeoDataFrame], path: str | os.PathLik
 
 
 def _wide(long: pd.DataFrame, keys: list[str], group: Sequence[str], attributes: Sequence[str]) -> pd.DataFrame:
-    """One row per key, columns ``<attribute>_<field>`` in attribute order."""
+    """One row per key, columns ``<attribute>_<field>`` in attribute order (``DataFrame.pivot``)."""
     base = long[keys].drop_duplicates(subset=keys[0]).set_index(keys[0])
-    rows = long.dropna(subset=["attribute"])
-    for attribute in attributes:
-        part = rows[rows["attribute"] == attribute].set_index(keys[0])
-        for field in group:
-            base[f"{attribute}_{field}"] = part[field].reindex(base.index)
-    return base.reset_index()
+    wide = long.dropna(subset=["attribute"]).pivot(index=keys[0], columns="attribute", values=list(group))
+    columns = pd.MultiIndex.from_tuples([(field, attribute) for attribute in attributes for field in group])
+    wide = wide.reindex(columns=columns).reindex(base.index)
+    wide = wide.astype({column: long[column[0]].dtype for column in columns})  # pivot of mixed fields gives object
+    wide.columns = [f"{attribute}_{field}" for field, attribute in columns]
+    return base.join(wide).reset_index()
 
 
 def segments_frame(con: duckdb.DuckDBPyConnection, attributes: Sequence[str]) -> gpd.GeoDataFrame:
@@ -116,11 +116,8 @@ def tile_keys(frame: gpd.GeoDataFrame, zoom: int = TILE_ZOOM) -> pd.Series:
     lines = shapely.get_type_id(geoms) == 1  # LineString: its midpoint along the line; anything else: a point on it
     mid = shapely.point_on_surface(geoms)
     mid[lines] = shapely.line_interpolate_point(geoms[lines], 0.5, normalized=True)
-    n = 2 ** zoom
-    lon, lat = shapely.get_x(mid), np.radians(np.clip(shapely.get_y(mid), -85.05112878, 85.05112878))
-    x = np.clip(np.floor((lon + 180.0) / 360.0 * n), 0, n - 1).astype(int)
-    y = np.clip(np.floor((1.0 - np.arcsinh(np.tan(lat)) / math.pi) / 2.0 * n), 0, n - 1).astype(int)
-    return pd.Series([f"{zoom}_{a}_{b}" for a, b in zip(x, y)], index=frame.index, dtype="string")
+    tiles = [mercantile.tile(x, y, zoom, truncate=True) for x, y in zip(shapely.get_x(mid), shapely.get_y(mid))]
+    return pd.Series([f"{t.z}_{t.x}_{t.y}" for t in tiles], index=frame.index, dtype="string")
 
 
 def write_tiles(frame: gpd.GeoDataFrame, folder: str | os.PathLike, part_name: str, zoom: int = TILE_ZOOM) -> list[Path]:

@@ -50,7 +50,7 @@ html, body {{ height: 100%; margin: 0; font: 13px/1.35 system-ui, sans-serif; }}
   background: #b00020; color: #fff; padding: 6px 14px; border-radius: 4px; font-weight: 600; max-width: 60%; }}
 #empty-note {{ position: absolute; z-index: 1000; top: 40%; left: 50%; transform: translateX(-50%);
   background: #fff; padding: 12px 18px; border: 1px solid #888; border-radius: 4px; max-width: 60%; }}
-#title {{ position: absolute; z-index: 999; bottom: 24px; left: 8px; background: rgba(255,255,255,.85);
+#title {{ position: absolute; z-index: 999; bottom: 40px; left: 8px; background: rgba(255,255,255,.85);
   padding: 4px 8px; border-radius: 4px; font-weight: 600; }}
 .legend {{ background: #fff; padding: 6px 10px; border-radius: 4px; box-shadow: 0 1px 4px rgba(0,0,0,.3); }}
 .legend h4 {{ margin: 0; }} .legend .sub {{ margin: 0 0 4px; color: #555; }} .legend .n {{ color: #777; }}

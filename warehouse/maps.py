@@ -108,7 +108,8 @@ def write_map_png(segments: gpd.GeoDataFrame, images: gpd.GeoDataFrame, path: st
     n = len(attributes)
     cols = min(PANEL_COLUMNS, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.6 * rows + 1.0), dpi=120, squeeze=False)
+    aspect = min(max((extent[2] - extent[0]) / (extent[3] - extent[1]), 0.6), 1.6)  # panel width / height
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * aspect * cols + 0.8, 4.6 * rows + 1.0), dpi=120, squeeze=False)
     crs_name = str(metric_crs)
     for ax, (attribute, classes) in zip(axes.flat, attributes.items()):
         _panel(ax, seg, img, attribute, classes)
