@@ -54,6 +54,10 @@ def write_report(con: duckdb.DuckDBPyConnection, path: str | os.PathLike, *, run
     if model_trained is False:
         lines += ["> **UNTRAINED MODEL.** The labels in this run come from random weights: they test the pipeline",
                   "> and are not results. Do not use them for decisions.", ""]
+    if not int(cov["images"]) or not int(cov["segments"]):
+        missing = " and ".join(w for w, n in (("no images", cov["images"]), ("no road segments", cov["segments"])) if not int(n))
+        lines += [f"> **Empty run: {missing}.** Every output is written but the maps have nothing to draw. Check the",
+                  "> bbox, the image source and its filters, the roads source, and the failures in `run.json`.", ""]
     lines += ["## Coverage", "", "| what | value |", "| --- | --- |",
               f"| images | {_fmt(int(cov['images']))} |",
               f"| matched to a road segment (within {max_distance_m:g} m) | {_fmt(int(cov['matched_images']))} |",
