@@ -152,3 +152,26 @@ def test_the_flow_run_credits_mapillary_and_openstreetmap(run_dir):
     credits = embedded_data(run_dir / "map.html")["attribution"] + [Image.open(run_dir / "map.png").text["Copyright"]]
     for text in [report, *credits[-1:], " ".join(credits)]:
         assert "Mapillary" in text and "OpenStreetMap" in text
+
+
+def test_map_html_stays_under_50_mb_for_100k_segments(tmp_path):
+    """5,000 synthetic 4-vertex segments with all 8 attributes: at most 500 bytes a segment (100,000 -> 50 MB)."""
+    import shapely
+
+    from warehouse.map_html import write_map_html
+
+    n, rng = 5_000, np.random.default_rng(0)
+    start = np.stack([9.0 + rng.random(n) * 0.3, 48.7 + rng.random(n) * 0.2], -1)
+    lines = shapely.linestrings(np.stack([start + k * np.array([3e-4, 2e-4]) for k in range(4)], 1))
+    columns = {"segment_id": [f"osm:{100_000_000 + i}:{i % 7}" for i in range(n)], "name": ["Hauptstraße"] * n,
+               "highway": ["residential"] * n, "length_m": rng.random(n) * 100, "n_images": rng.integers(1, 10, n)}
+    for attribute, classes in CLASSES.items():
+        columns[f"{attribute}_label"] = np.array(classes, dtype=object)[rng.integers(0, len(classes), n)]
+        for field in ("share", "share_ci_low", "share_ci_high"):
+            columns[f"{attribute}_{field}"] = rng.random(n)
+    segments = gpd.GeoDataFrame(columns, geometry=lines, crs="EPSG:4326")
+    images = gpd.GeoDataFrame({"image_id": ["1"]}, geometry=gpd.points_from_xy([9.1], [48.8]), crs="EPSG:4326")
+    page = write_map_html(segments, images, tmp_path / "map.html", CLASSES, "weather", attribution=["credit"])
+    per_segment = (page.stat().st_size - 200_000) / n  # less Leaflet and the page's script
+    assert per_segment < 500, f"{per_segment:.0f} bytes a segment"
+    assert embedded_data(page)["segments"]["n"] == n

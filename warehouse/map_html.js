@@ -72,10 +72,12 @@
   function show(a) {
     current = a;
     var labels = S.attrs[a.name].label;
-    for (var j = 0; j < lines.length; j++) {
-      var k = labels[j];
-      lines[j].setStyle(k < 0 ? {color: D.noDataColour, weight: 2} : {color: a.colours[k], weight: 4});
+    for (var j = 0; j < lines.length; j++) {  // options only, then one redraw: setStyle would queue 100,000 redraws
+      var k = labels[j], o = lines[j].options;
+      o.color = k < 0 ? D.noDataColour : a.colours[k];
+      o.weight = k < 0 ? 2 : 4;
     }
+    if (map.hasLayer(segmentLayer)) renderer._redraw();  // Leaflet 1.9 canvas: repaint every path
     legend.update(a);
     root.dataset.attribute = a.name;
   }
@@ -115,10 +117,10 @@
   });
 
   if (D.bounds) map.fitBounds(D.bounds, {padding: [20, 20]}); else map.setView([0, 0], 2);
+  var shown = D.attributes.filter(function (a) { return a.name === D.shown; })[0] || D.attributes[0];
+  if (shown) { show(shown); shown.group.addTo(map); }
   segmentLayer.addTo(map);
   imageLayer.addTo(map);
-  var shown = D.attributes.filter(function (a) { return a.name === D.shown; })[0] || D.attributes[0];
-  if (shown) { shown.group.addTo(map); show(shown); }
   if (D.empty) document.getElementById("empty-note").hidden = false;
   root.dataset.segmentsDrawn = String(lines.length);
   root.dataset.imagesDrawn = String(images.length);

@@ -79,24 +79,16 @@ table.popup th {{ text-align: left; padding-right: 8px; color: #444; }} img.thum
 
 
 def _values(frame: gpd.GeoDataFrame, column: str, digits: int | None = None) -> list:
-    """A column as a JSON-ready list (NaN/NA -> None, numbers rounded to ``digits``)."""
+    """A column as a JSON-ready list (NaN/NA -> None, numbers rounded to ``digits``, times as ISO text)."""
     if column not in frame:
         return [None] * len(frame)
-    out = []
-    for value in frame[column].tolist():
-        if value is None or (np.ndim(value) == 0 and pd.isna(value)):
-            out.append(None)
-        elif hasattr(value, "isoformat"):
-            out.append(value.isoformat())
-        elif isinstance(value, (float, np.floating)):
-            out.append(round(float(value), digits) if digits is not None else float(value))
-        elif isinstance(value, (np.integer,)):
-            out.append(int(value))
-        elif isinstance(value, (bool, np.bool_)):
-            out.append(bool(value))
-        else:
-            out.append(value)
-    return out
+    series = frame[column]
+    if pd.api.types.is_datetime64_any_dtype(series):
+        series = series.map(lambda t: t.isoformat() if pd.notna(t) else None)
+    elif digits is not None and pd.api.types.is_numeric_dtype(series):
+        series = series.round(digits)
+    return [None if (np.ndim(v) == 0 and pd.isna(v)) else (v.item() if isinstance(v, np.generic) else v)
+            for v in series.tolist()]
 
 
 def _class_index(frame: gpd.GeoDataFrame, column: str, classes: Sequence[str]) -> list[int]:
@@ -105,16 +97,11 @@ def _class_index(frame: gpd.GeoDataFrame, column: str, classes: Sequence[str]) -
 
 
 def _coords(geometries) -> list[list[float]]:
-    """Each line's vertices as one flat ``[lon, lat, lon, lat, ...]`` list, rounded."""
-    out = []
-    for geom in geometries:
-        if geom is None or geom.is_empty:
-            out.append([])
-            continue
-        parts = getattr(geom, "geoms", [geom])
-        xy = np.concatenate([np.asarray(shapely.get_coordinates(p)) for p in parts])
-        out.append(np.round(xy, COORD_DIGITS).ravel().tolist())
-    return out
+    """Each line's vertices as one flat ``[lon, lat, lon, lat, ...]`` list, rounded (multi-lines: parts joined)."""
+    geoms = np.asarray(geometries, dtype=object)
+    xy, index = shapely.get_coordinates(geoms, return_index=True)
+    parts = np.split(np.round(xy, COORD_DIGITS), np.searchsorted(index, np.arange(1, len(geoms))))
+    return [part.ravel().tolist() for part in parts] if len(geoms) else []
 
 
 def map_data(segments: gpd.GeoDataFrame, images: gpd.GeoDataFrame, attributes: Mapping[str, Sequence[str]], shown: str, *,
