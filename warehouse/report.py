@@ -21,8 +21,9 @@ OUTPUT_HELP = {
     "segments": "GeoParquet 1.1 road segments, one column group per attribute (QGIS with GDAL >= 3.8 + Arrow, DuckDB, geopandas)",
     "images": "GeoParquet 1.1 image points with their match and labels",
     "geopackage": "the same two layers (segments, images) as GeoPackage: opens in every QGIS",
-    "styles": "QGIS .qml styles, one per attribute (Layer Properties > Symbology > Style > Load Style)",
-    "raster": "GeoTIFF: band 1 image count per cell, then the share of each attribute class per cell",
+    "styles": "QGIS .qml styles, one per attribute, and images.qml for the images layer (Layer Properties > Symbology > Style > Load Style)",
+    "raster": "GeoTIFF: band 1 image count per cell, then the share of each attribute class per cell; masked outside the area; "
+              "coverage.qml beside it styles the count",
     "map_png": "map picture: one panel per attribute, scale bar, north arrow, legend, credits",
     "map_html": "interactive map, works offline (open from disk in a browser; the optional background needs the web)",
     "database": "DuckDB database with all tables and the planner views (docs/planner-outputs.md)",
