@@ -22,7 +22,8 @@ from flows.stages import (adapt_to_city, build_audit_database, classify_images, 
 from geo.bbox import BBox
 from geo.sources import road_source_for
 from warehouse.outputs import claim, staged
-from warehouse.runs import attribution, finish_run
+from warehouse.attribution import run_attribution
+from warehouse.runs import finish_run
 
 
 @flow(name="city-audit", log_prints=True)
@@ -46,8 +47,10 @@ def city_audit(bbox: str | list[float], area: AreaConfig = AreaConfig(), imagery
         with staged(folder):  # the previous outputs stay as they are until these are complete
             counts = build_audit_database(folder, place, collection, segments, classified, config.matching,
                                           config.outputs)
-            published = publish_outputs(folder, place, classified.model["trained"], config.matching, config.outputs)
-            credits = attribution(collection.attribution, road_source_for(config.roads.roads).attribution(config.roads.roads))
+            credits = run_attribution(collection.attribution,
+                                      road_source_for(config.roads.roads).attribution(config.roads.roads))
+            published = publish_outputs(folder, place, classified.model["trained"], credits, config.matching,
+                                        config.outputs)
             return finish_run(folder, parameters=config.parameters(), model=classified.model, adaptation=adapted,
                               counts=counts, failures=run_failures(collection, classified),
                               predictions_reused=classified.reused, outputs=published, timings_s=timings_s,

@@ -124,12 +124,12 @@ def build_audit_database(folder: RunFolder, area: BBox, collection: ImageCollect
 
 
 @stage("publish outputs")
-def publish_outputs(folder: RunFolder, area: BBox, model_trained: bool, matching: MatchingConfig,
+def publish_outputs(folder: RunFolder, area: BBox, model_trained: bool, credits: list[str], matching: MatchingConfig,
                     outputs: OutputsConfig) -> dict[str, str]:
     return publish_run(folder.database, folder.staging, {name: a.classes for name, a in ATTRIBUTES.items()},
                        metric_crs=area.utm_crs(), run_id=folder.run_id, model_trained=model_trained,
                        max_distance_m=matching.max_distance_m, cell_size_m=outputs.cell_size_m,
-                       partition_by_tile=outputs.tiles)
+                       partition_by_tile=outputs.tiles, attribution=credits, image_store=folder.store)
 
 
 def run_failures(collection: ImageCollection, classified: ClassificationResult) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from contracts.errors import CityAuditError
+from contracts.notices import OSM_ATTRIBUTION
 from contracts.registry import Registry
 
 SAMPLE_AREA = Path(__file__).parent / "sample_area" / "stuttgart"
@@ -117,8 +118,6 @@ class RoadSourceSpec:
     attribution: Callable[[str], str]  # the credit line for roads read from this value
     is_file: bool = True
 
-
-OSM_ATTRIBUTION = "roads © OpenStreetMap contributors, ODbL 1.0"
 
 
 def _is_pbf(roads: str) -> bool:

@@ -10,13 +10,13 @@ none) and one label/confidence pair per attribute. Both carry GeoParquet 1.1 ``g
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Sequence
 
 import duckdb
 import geopandas as gpd
+import mercantile
 import numpy as np
 import pandas as pd
 import shapely
@@ -46,26 +46,38 @@ def write_geoparquet(frame: gpd.GeoDataFrame, path: str | os.PathLike, row_group
     return path
 
 
-def write_geopackage(layers: dict[str, gpd.GeoDataFrame], path: str | os.PathLike) -> Path:
-    """Write each frame as a layer of one GeoPackage (through pyogrio), atomically."""
+#: GeoPackage version written: 1.2 opens without a warning in QGIS 3.22 / GDAL 3.6 (1.4 does not).
+GEOPACKAGE_VERSION = "1.2"
+
+
+def write_geopackage(layers: dict[str, gpd.GeoDataFrame], path: str | os.PathLike,
+                     metadata: dict[str, str] | None = None) -> Path:
+    """Write each frame as a layer of one GeoPackage 1.2 (through pyogrio), atomically.
+
+    ``metadata`` (e.g. ``{"ATTRIBUTION": ...}``) is stored as dataset metadata (GDAL's
+    ``gpkg_metadata`` tables; ``ogrinfo`` and QGIS show it).
+    """
     path = Path(path)
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # GDAL wants the .gpkg extension
     partial.unlink(missing_ok=True)
-    for name, frame in layers.items():
-        frame.to_file(partial, layer=name, driver="GPKG", engine="pyogrio")
+    for number, (name, frame) in enumerate(layers.items()):
+        options = {"dataset_options": {"VERSION": GEOPACKAGE_VERSION}} if number == 0 else {}
+        if number == 0 and metadata:
+            options["dataset_metadata"] = dict(metadata)
+        frame.to_file(partial, layer=name, driver="GPKG", engine="pyogrio", **options)
     os.replace(partial, path)
     return path
 
 
 def _wide(long: pd.DataFrame, keys: list[str], group: Sequence[str], attributes: Sequence[str]) -> pd.DataFrame:
-    """One row per key, columns ``<attribute>_<field>`` in attribute order."""
+    """One row per key, columns ``<attribute>_<field>`` in attribute order (``DataFrame.pivot``)."""
     base = long[keys].drop_duplicates(subset=keys[0]).set_index(keys[0])
-    rows = long.dropna(subset=["attribute"])
-    for attribute in attributes:
-        part = rows[rows["attribute"] == attribute].set_index(keys[0])
-        for field in group:
-            base[f"{attribute}_{field}"] = part[field].reindex(base.index)
-    return base.reset_index()
+    wide = long.dropna(subset=["attribute"]).pivot(index=keys[0], columns="attribute", values=list(group))
+    columns = pd.MultiIndex.from_tuples([(field, attribute) for attribute in attributes for field in group])
+    wide = wide.reindex(columns=columns).reindex(base.index)
+    wide = wide.astype({column: long[column[0]].dtype for column in columns})  # pivot of mixed fields gives object
+    wide.columns = [f"{attribute}_{field}" for field, attribute in columns]
+    return base.join(wide).reset_index()
 
 
 def segments_frame(con: duckdb.DuckDBPyConnection, attributes: Sequence[str]) -> gpd.GeoDataFrame:
@@ -104,11 +116,8 @@ def tile_keys(frame: gpd.GeoDataFrame, zoom: int = TILE_ZOOM) -> pd.Series:
     lines = shapely.get_type_id(geoms) == 1  # LineString: its midpoint along the line; anything else: a point on it
     mid = shapely.point_on_surface(geoms)
     mid[lines] = shapely.line_interpolate_point(geoms[lines], 0.5, normalized=True)
-    n = 2 ** zoom
-    lon, lat = shapely.get_x(mid), np.radians(np.clip(shapely.get_y(mid), -85.05112878, 85.05112878))
-    x = np.clip(np.floor((lon + 180.0) / 360.0 * n), 0, n - 1).astype(int)
-    y = np.clip(np.floor((1.0 - np.arcsinh(np.tan(lat)) / math.pi) / 2.0 * n), 0, n - 1).astype(int)
-    return pd.Series([f"{zoom}_{a}_{b}" for a, b in zip(x, y)], index=frame.index, dtype="string")
+    tiles = [mercantile.tile(x, y, zoom, truncate=True) for x, y in zip(shapely.get_x(mid), shapely.get_y(mid))]
+    return pd.Series([f"{t.z}_{t.x}_{t.y}" for t in tiles], index=frame.index, dtype="string")
 
 
 def write_tiles(frame: gpd.GeoDataFrame, folder: str | os.PathLike, part_name: str, zoom: int = TILE_ZOOM) -> list[Path]:
@@ -126,18 +135,20 @@ def write_tiles(frame: gpd.GeoDataFrame, folder: str | os.PathLike, part_name: s
 
 
 def export_run(segments: gpd.GeoDataFrame, images: gpd.GeoDataFrame, out: str | os.PathLike, *,
-               geopackage: bool = True, tiles_part: str | None = None) -> dict[str, str]:
+               geopackage: bool = True, tiles_part: str | None = None,
+               metadata: dict[str, str] | None = None) -> dict[str, str]:
     """Write ``segments.parquet``, ``images.parquet`` and (``geopackage``) ``segments.gpkg`` into ``out``
     from the frames of ``segments_frame`` and ``images_frame``.
 
-    With ``tiles_part`` also ``tiles/segments/tile=*/<tiles_part>.parquet`` and the same for images.
+    ``metadata`` goes into the GeoPackage's dataset metadata. With ``tiles_part`` also ``tiles/segments/tile=*/<tiles_part>.parquet`` and the same for images.
     Returns the written paths by name.
     """
     out = Path(out)
     outputs = {"segments": str(write_geoparquet(segments, out / "segments.parquet")),
                "images": str(write_geoparquet(images, out / "images.parquet"))}
     if geopackage:
-        outputs["geopackage"] = str(write_geopackage({"segments": segments, "images": images}, out / "segments.gpkg"))
+        outputs["geopackage"] = str(write_geopackage({"segments": segments, "images": images}, out / "segments.gpkg",
+                                                        metadata=metadata))
     if tiles_part:
         write_tiles(segments, out / "tiles" / "segments", tiles_part)
         write_tiles(images, out / "tiles" / "images", tiles_part)

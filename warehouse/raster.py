@@ -10,6 +10,12 @@ Bands, all float32 with NaN where a cell has no image:
 
 Band names are stored as band descriptions (GDAL/QGIS show them) and as band tags
 ``attribute``/``class``.
+
+"No images" and "outside the area" differ: the file has an internal per-dataset mask
+(``rasterio``'s ``read_masks``, GDAL's mask band) that is 255 in the area of the run (cells a road
+segment passes through or an image lies in) and 0 outside it; inside the area, NaN means a road
+with no image. ``coverage.qml`` beside the file styles band 1 as a pseudocolour ramp of the image
+count for QGIS.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from typing import Mapping, Sequence
 import duckdb
 import numpy as np
 import rasterio
+import shapely
+from rasterio.features import rasterize
 from rasterio.transform import from_origin
 
 from contracts.errors import CityAuditError
@@ -83,18 +91,50 @@ def write_coverage_raster(con: duckdb.DuckDBPyConnection, path: str | os.PathLik
             with np.errstate(invalid="ignore", divide="ignore"):
                 bands[index] = np.where(total > 0, bands[index] / total, np.nan)
             index += 1
+    area = bands[0] > 0
+    lines = con.execute("SELECT ST_AsWKB(ST_Transform(geometry, 'EPSG:4326', $crs, always_xy := true)) FROM segments",
+                        {"crs": metric_crs}).fetchall()
+    transform = from_origin(x0, y_top, cell_size_m, cell_size_m)
+    if lines:
+        area |= rasterize(shapely.from_wkb([bytes(r[0]) for r in lines]), out_shape=(height, width), transform=transform,
+                          all_touched=True, fill=0, default_value=1, dtype="uint8").astype(bool)
     bands[0][bands[0] == 0] = np.nan
     path = Path(path)
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     profile = dict(driver="GTiff", width=width, height=height, count=len(names), dtype="float32", crs=metric_crs,
-                   transform=from_origin(x0, y_top, cell_size_m, cell_size_m), nodata=float("nan"), compress="deflate")
-    with rasterio.open(partial, "w", **profile) as dst:
+                   transform=transform, nodata=float("nan"), compress="deflate")
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(partial, "w", **profile) as dst:
         dst.write(bands.astype(np.float32))
+        dst.write_mask(np.where(area, 255, 0).astype(np.uint8))
         dst.update_tags(cell_size_m=f"{cell_size_m:g}", bands=";".join(names),
-                        description="image_count and per-class shares of predicted labels per cell")
+                        description="image_count and per-class shares of predicted labels per cell; "
+                                    "mask 0 = outside the area, NaN inside = road cell without images")
         for number, name in enumerate(names, start=1):
             dst.set_band_description(number, name)
             attribute, _, cls = name.partition("=")
             dst.update_tags(number, attribute=attribute if cls else "", **({"class": cls} if cls else {}))
     os.replace(partial, path)
+    write_coverage_style(path.with_suffix(".qml"), float(np.nanmax(bands[0])) if area.any() and np.isfinite(bands[0]).any() else 1.0)
+    return path
+
+
+def write_coverage_style(path: str | os.PathLike, max_count: float) -> Path:
+    """A QGIS ``.qml`` beside the GeoTIFF: band 1 (image count) as a pseudocolour ramp from 1 to ``max_count``."""
+    import xml.etree.ElementTree as ET
+
+    max_count = max(max_count, 1.0)
+    ramp = [(1.0, "#fde725"), ((1 + max_count) / 2, "#21918c"), (max_count, "#440154")]  # viridis, few = light
+    root = ET.Element("qgis", version="3.22.0", styleCategories="Symbology")
+    pipe = ET.SubElement(root, "pipe")
+    renderer = ET.SubElement(pipe, "rasterrenderer", type="singlebandpseudocolor", band="1", opacity="1",
+                             alphaBand="-1", classificationMin="1", classificationMax=f"{max_count:g}")
+    shader = ET.SubElement(ET.SubElement(renderer, "rastershader"), "colorrampshader", colorRampType="INTERPOLATED",
+                           classificationMode="1", clip="0", minimumValue="1", maximumValue=f"{max_count:g}")
+    for value, colour in ramp:
+        ET.SubElement(shader, "item", alpha="255", value=f"{value:g}", color=colour, label=f"{value:g} images")
+    ET.SubElement(pipe, "brightnesscontrast", brightness="0", contrast="0")
+    ET.indent(root)
+    path = Path(path)
+    path.write_text("<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode") + "\n",
+                    encoding="utf-8")
     return path

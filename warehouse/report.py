@@ -11,20 +11,22 @@ import math
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import duckdb
 
+from contracts.notices import UNTRAINED_NOTE
 from warehouse.db import sql
 
 OUTPUT_HELP = {
     "segments": "GeoParquet 1.1 road segments, one column group per attribute (QGIS with GDAL >= 3.8 + Arrow, DuckDB, geopandas)",
     "images": "GeoParquet 1.1 image points with their match and labels",
     "geopackage": "the same two layers (segments, images) as GeoPackage: opens in every QGIS",
-    "styles": "QGIS .qml styles, one per attribute (Layer Properties > Symbology > Style > Load Style)",
-    "raster": "GeoTIFF: band 1 image count per cell, then the share of each attribute class per cell",
-    "map_png": "map picture",
-    "map_html": "interactive map (open in a browser; background tiles load from the web)",
+    "styles": "QGIS .qml styles, one per attribute, and images.qml for the images layer (Layer Properties > Symbology > Style > Load Style)",
+    "raster": "GeoTIFF: band 1 image count per cell, then the share of each attribute class per cell; masked outside the area; "
+              "coverage.qml beside it styles the count",
+    "map_png": "map picture: one panel per attribute, scale bar, north arrow, legend, credits",
+    "map_html": "interactive map, works offline (open from disk in a browser; the optional background needs the web)",
     "database": "DuckDB database with all tables and the planner views (docs/planner-outputs.md)",
     "segment_tiles": "segments partitioned by z14 tile (tile=<z>_<x>_<y>/<run>.parquet)",
     "image_tiles": "images partitioned by z14 tile",
@@ -40,8 +42,11 @@ def _fmt(value, digits: int = 1) -> str:
 
 
 def write_report(con: duckdb.DuckDBPyConnection, path: str | os.PathLike, *, run_id: str, model_trained: bool | None,
-                 max_distance_m: float, outputs: Mapping[str, str]) -> Path:
-    """Write ``report.md`` for a built audit database; returns its path."""
+                 max_distance_m: float, outputs: Mapping[str, str], attribution: Sequence[str] = ()) -> Path:
+    """Write ``report.md`` for a built audit database; returns its path.
+
+    ``attribution``: the run's credit lines, listed under "Credits" (keep them with anything published).
+    """
     cov = con.execute(sql("report_coverage")).df().iloc[0]
     labels = con.execute(sql("report_labels")).df()
     unmatched = con.execute(sql("report_unmatched")).df()
@@ -49,8 +54,11 @@ def write_report(con: duckdb.DuckDBPyConnection, path: str | os.PathLike, *, run
     lines = ["# city-audit run report", "", f"- run id: `{run_id}`",
              f"- written: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", ""]
     if model_trained is False:
-        lines += ["> **UNTRAINED MODEL.** The labels in this run come from random weights: they test the pipeline",
-                  "> and are not results. Do not use them for decisions.", ""]
+        lines += [f"> **{UNTRAINED_NOTE}** They test the pipeline and are not results.", ""]
+    if not int(cov["images"]) or not int(cov["segments"]):
+        missing = " and ".join(w for w, n in (("no images", cov["images"]), ("no road segments", cov["segments"])) if not int(n))
+        lines += [f"> **Empty run: {missing}.** Every output is written but the maps have nothing to draw. Check the",
+                  "> bbox, the image source and its filters, the roads source, and the failures in `run.json`.", ""]
     lines += ["## Coverage", "", "| what | value |", "| --- | --- |",
               f"| images | {_fmt(int(cov['images']))} |",
               f"| matched to a road segment (within {max_distance_m:g} m) | {_fmt(int(cov['matched_images']))} |",
@@ -77,6 +85,9 @@ def write_report(con: duckdb.DuckDBPyConnection, path: str | os.PathLike, *, run
     for name, target in outputs.items():
         lines.append(f"| `{Path(target).name}` | {OUTPUT_HELP.get(name, name)} |")
     lines += ["", "How to open each output in QGIS and DuckDB: `docs/planner-outputs.md`.", ""]
+    if attribution:
+        lines += ["## Credits", "", "Keep these lines with anything you publish from this run:", ""]
+        lines += [f"- {line}" for line in attribution] + [""]
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text("\n".join(lines), encoding="utf-8")

@@ -15,7 +15,6 @@ from warehouse.build import AuditCounts, build_audit_database
 from warehouse.manifest import write_manifest
 from warehouse.outputs import swap_in, verify_database
 
-SCHEMA_ATTRIBUTION = "attribute schema: Global StreetScapes (Hou et al. 2024, ISPRS J. 215:216-238)"
 
 
 def build_run_database(folder: RunFolder, *, images: pd.DataFrame, segments: gpd.GeoDataFrame,
@@ -29,11 +28,6 @@ def build_run_database(folder: RunFolder, *, images: pd.DataFrame, segments: gpd
                                   slice_by_year=slice_by_year)
     os.replace(partial, folder.database)
     return counts
-
-
-def attribution(*sources: str) -> list[str]:
-    """The credit lines of a run: each source's (imagery, roads), then the attribute schema's."""
-    return [*sources, SCHEMA_ATTRIBUTION]
 
 
 def finish_run(folder: RunFolder, *, parameters: Mapping[str, Any], model: Mapping[str, Any],

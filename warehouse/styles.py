@@ -40,8 +40,26 @@ def _line_symbol(name: str, colour: str, width_mm: float) -> ET.Element:
     return symbol
 
 
-def categorised_style(attribute: str, classes: Sequence[str]) -> str:
-    """QML text of a categorised line renderer on ``<attribute>_label`` with one category per class."""
+def _marker_symbol(name: str, colour: str, size_mm: float) -> ET.Element:
+    symbol = ET.Element("symbol", type="marker", name=name, alpha="1", clip_to_extent="1", force_rhr="0")
+    layer = ET.SubElement(symbol, "layer", {"class": "SimpleMarker", "enabled": "1", "locked": "0", "pass": "0"})
+    options = {"name": "circle", "color": _rgba(colour), "outline_color": "35,35,35,255", "outline_width": "0.2",
+               "outline_width_unit": "MM", "size": f"{size_mm:g}", "size_unit": "MM"}
+    option_map = ET.SubElement(layer, "Option", type="Map")
+    for key, value in options.items():
+        ET.SubElement(option_map, "Option", type="QString", name=key, value=value)
+    for key, value in options.items():
+        ET.SubElement(layer, "prop", k=key, v=value)
+    return symbol
+
+
+def categorised_style(attribute: str, classes: Sequence[str], geometry: str = "line") -> str:
+    """QML text of a categorised renderer on ``<attribute>_label`` with one category per class.
+
+    ``geometry`` "line" (road segments, the default) or "point" (the images layer).
+    """
+    symbol = _line_symbol if geometry == "line" else _marker_symbol
+    size, none_size = (1.2, 0.5) if geometry == "line" else (2.2, 1.6)
     root = ET.Element("qgis", version="3.22.0", styleCategories="Symbology")
     renderer = ET.SubElement(root, "renderer-v2", type="categorizedSymbol", attr=f"{attribute}_label",
                              symbollevels="0", enableorderby="0", forceraster="0", referencescale="-1")
@@ -50,17 +68,23 @@ def categorised_style(attribute: str, classes: Sequence[str]) -> str:
     colours = class_colours(classes)
     for index, cls in enumerate(classes):
         ET.SubElement(categories, "category", symbol=str(index), value=cls, label=cls.replace("_", " "), render="true")
-        symbols.append(_line_symbol(str(index), colours[cls], 1.2))
-    ET.SubElement(categories, "category", symbol=str(len(classes)), value="", label="no images", render="true")
-    symbols.append(_line_symbol(str(len(classes)), NO_DATA_COLOUR, 0.5))
+        symbols.append(symbol(str(index), colours[cls], size))
+    ET.SubElement(categories, "category", symbol=str(len(classes)), value="",
+                  label="no images" if geometry == "line" else "no label", render="true")
+    symbols.append(symbol(str(len(classes)), NO_DATA_COLOUR, none_size))
     source = ET.SubElement(renderer, "source-symbol")
-    source.append(_line_symbol("0", NO_DATA_COLOUR, 0.5))
+    source.append(symbol("0", NO_DATA_COLOUR, none_size))
     ET.indent(root)
     return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def write_styles(folder: str | os.PathLike, attributes: Mapping[str, Sequence[str]]) -> dict[str, Path]:
-    """Write ``<folder>/<attribute>.qml`` for every attribute (``{attribute: classes}``); returns the paths."""
+def write_styles(folder: str | os.PathLike, attributes: Mapping[str, Sequence[str]], images_attribute: str | None = None
+                 ) -> dict[str, Path]:
+    """Write ``<folder>/<attribute>.qml`` for every attribute (``{attribute: classes}``); returns the paths.
+
+    With ``images_attribute`` also ``<folder>/images.qml``: the images layer as points coloured by
+    that attribute's label (returned under the key ``"images"``).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -68,6 +92,10 @@ def write_styles(folder: str | os.PathLike, attributes: Mapping[str, Sequence[st
         path = folder / f"{attribute}.qml"
         path.write_text(categorised_style(attribute, classes), encoding="utf-8")
         paths[attribute] = path
+    if images_attribute is not None:
+        path = folder / "images.qml"
+        path.write_text(categorised_style(images_attribute, attributes[images_attribute], geometry="point"), encoding="utf-8")
+        paths["images"] = path
     return paths
 
 
@@ -75,13 +103,17 @@ LAYER_STYLES_DDL = """
 CREATE TABLE IF NOT EXISTS layer_styles (
     id INTEGER PRIMARY KEY AUTOINCREMENT, f_table_catalog TEXT(256), f_table_schema TEXT(256),
     f_table_name TEXT(256), f_geometry_column TEXT(256), styleName TEXT(30), styleQML TEXT, styleSLD TEXT,
-    useAsDefault BOOLEAN, description TEXT, owner TEXT(30), ui TEXT(30), update_time DATETIME DEFAULT CURRENT_TIMESTAMP
+    useAsDefault BOOLEAN, description TEXT, owner TEXT(30), ui TEXT(30),
+    update_time DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 )"""
 
 
 def embed_styles_in_geopackage(path: str | os.PathLike, layer: str, attributes: Mapping[str, Sequence[str]],
                                default: str, geometry_column: str = "geom") -> int:
     """Store one style per attribute in the GeoPackage's ``layer_styles`` table (QGIS's own schema).
+
+    ``update_time`` defaults to the GeoPackage DATETIME form (``YYYY-MM-DDTHH:MM:SS.SSSZ``, what
+    QGIS itself writes): SQLite's ``CURRENT_TIMESTAMP`` is not a conformant GeoPackage datetime.
 
     QGIS applies the ``default`` attribute's style when the layer is opened; the others are listed
     under Layer Properties → Symbology → Style → Load Style → From database. Returns the count.

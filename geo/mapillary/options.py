@@ -17,12 +17,13 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from contracts.notices import MAPILLARY_ATTRIBUTION
 from geo.mapillary.errors import TOKEN_HELP, MissingTokenError, OptionsError, remember_token
 
 GRAPH_URL = "https://graph.mapillary.com"
 TILES_URL = "https://tiles.mapillary.com"
 TOKEN_ENV = "MAPILLARY_ACCESS_TOKEN"
-ATTRIBUTION = "images CC BY-SA 4.0, © Mapillary contributors (https://www.mapillary.com)"
+ATTRIBUTION = MAPILLARY_ATTRIBUTION
 THUMB_SIZES = (256, 1024, 2048, "original")
 PANORAMAS = ("yes", "no", "only")
 DISCOVERY = ("tiles", "search")
