@@ -117,7 +117,9 @@ def test_flow_with_an_invalid_token_stops_with_the_reason(tmp_path, city, mly_en
 
 def test_cli_refuses_mapillary_without_a_token_before_starting_prefect(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MAPILLARY_ACCESS_TOKEN", raising=False)
-    code = cli.main(["run", "--bbox", "13.37,52.52,13.38,52.53", "--source", "mapillary", "--out", str(tmp_path)])
+    roads = Path(__file__).parent / "data" / "pyrosm_test.osm.pbf"  # Berlin is outside the bundled sample's roads
+    code = cli.main(["run", "--bbox", "13.37,52.52,13.38,52.53", "--source", "mapillary", "--roads", str(roads),
+                     "--out", str(tmp_path)])
     assert code == 2
     assert "MAPILLARY_ACCESS_TOKEN" in capsys.readouterr().err
     assert not os.listdir(tmp_path)
