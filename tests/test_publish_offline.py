@@ -25,7 +25,7 @@ from PIL import Image
 from classify.schema import ATTRIBUTES
 from warehouse.build import build_audit_database
 from warehouse.publish import publish_run
-from warehouse.schema import IMAGES, SEGMENTS, empty_failures
+from contracts.tables import IMAGES, SEGMENTS, empty_failures
 from warehouse.styles import class_colours
 
 CLASSES = {name: a.classes for name, a in ATTRIBUTES.items()}
