@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from classify.backbone import Backbone
+from classify.backbone import Backbone, require_patch_tokens
 from classify.heads import zero_shot_heads
 from classify.mhadapter import AdapterConfig, MHAdapterHead
 from classify.schema import ATTRIBUTES, get_attribute
@@ -151,6 +151,7 @@ def load_head(sidecar_path: str | Path, backbone: Backbone) -> torch.nn.Module:
     sidecar_path = Path(sidecar_path)
     sidecar = read_sidecar(sidecar_path)
     build = _builder(sidecar.get("method"), sidecar_path)
+    require_patch_tokens(backbone, sidecar.get("method"))
     _check_compatible(sidecar, backbone, sidecar_path)
     tensors_path = sidecar_path.with_suffix(".safetensors")
     if not tensors_path.is_file():

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from classify.adapted_visual import LOGIT_SCALE, AdaptationError, AdaptedHead, AdaptedVisual
-from classify.backbone import Backbone
+from classify.backbone import Backbone, require_patch_tokens
 from classify.descriptions import ClassText, class_text
 from classify.microclip import RunningMean, fairness_loss
 from classify.schema import Attribute
@@ -170,6 +170,7 @@ def fair_loss(head: FairHead, weak: torch.Tensor, strong: torch.Tensor, crops: t
 def build_fair_head(backbone: Backbone, attribute: Attribute, config: FairConfig = FairConfig(),
                     text: ClassText | None = None) -> FairHead:
     """A fresh FAIR-style model for ``attribute`` on ``backbone`` (its device); text encoded once unless given."""
+    require_patch_tokens(backbone, FairHead.method)
     text = text or class_text(backbone, attribute)
     return FairHead(attribute, AdaptedVisual(backbone.model.visual), text, config).to(backbone.device)
 

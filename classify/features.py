@@ -29,7 +29,7 @@ class FeatureCache:
     """Per-image backbone features for one backbone; ``get``/``put`` work on batches."""
 
     def __init__(self, root: str | os.PathLike, backbone: Backbone):
-        self.backbone_key = f"{backbone.spec.name}-{backbone.weights_sha256[:16]}"
+        self.backbone_key = _UNSAFE.sub("_", f"{backbone.spec.name}-{backbone.weights_sha256[:16]}")  # ARCH/TAG names
         self.directory = Path(root) / self.backbone_key
         self.directory.mkdir(parents=True, exist_ok=True)
 

@@ -186,7 +186,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="vit-b16", help="backbone: vit-b16 (OpenAI weights) | tiny (random, offline tests)")
+    parser.add_argument("--model", default="vit-b16", help="backbone: a name from `city-audit models` (vit-b16, "
+                        "vit-l14, ..., tiny) or an open_clip ARCH/PRETRAINED pair such as ViT-B-16/dfn2b")
     parser.add_argument("--weights", help="local checkpoint file for the backbone (default: $CITY_AUDIT_WEIGHTS or download)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the best available)")
 
@@ -213,8 +214,9 @@ def _serve(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     from classify.backbone import BACKBONES
 
+    print("curated backbones (--model NAME); any other open_clip model: --model ARCH/PRETRAINED, e.g. ViT-B-16/dfn2b")
     for spec in BACKBONES.values():
-        print(f"{spec.name:8} {spec.open_clip_name:20} {spec.summary}")
+        print(spec.describe())
     return 0
 
 
@@ -319,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--limit", type=int, default=1, help="flow runs at a time (default: 1)")
     serve.set_defaults(handler=_serve)
 
-    models = commands.add_parser("models", help="list the registered backbones")
+    models = commands.add_parser("models", help="list the curated backbones: image size, widths, MHAdapter "
+                                 "parameters, cost")
     models.set_defaults(handler=_models)
     return parser
 
