@@ -28,6 +28,8 @@ import torch
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 WEIGHTS_ENV = "CITY_AUDIT_WEIGHTS"
+#: set to the sha256 of a --weights file to vouch that it holds the real weights of the named model
+VERIFIED_ENV = "CITY_AUDIT_WEIGHTS_VERIFIED"
 TINY_SEED = 0
 
 open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -104,6 +106,10 @@ class Backbone:
         self.trained = trained
         self.weights_source = weights_source
         self.weights_sha256 = state_dict_sha256(self.model)
+        #: sha256 of a local ``--weights`` file, None otherwise; such a file is unverified (nobody checked
+        #: that it holds the named model's real weights) unless the user vouches via $CITY_AUDIT_WEIGHTS_VERIFIED
+        self.weights_file_sha256: str | None = None
+        self.weights_verified: bool = weights_source.startswith("open_clip:")
         visual = self.model.visual
         #: open_clip ViTs give penultimate-block patch tokens; ResNet and timm towers give only the pooled embedding
         self.has_patch_tokens: bool = isinstance(visual, open_clip.transformer.VisionTransformer)
@@ -172,6 +178,8 @@ def load_backbone(model: str = "vit-b16", weights: str | os.PathLike | None = No
             raise BackboneError(f"weights file {str(path)!r} does not exist; pass the path of a local "
                                 f"{spec.open_clip_name} checkpoint with --weights")
         pretrained, trained, source = str(path), True, str(path)
+        with path.open("rb") as handle:
+            file_sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
     elif spec.pretrained is not None:
         pretrained, trained, source = spec.pretrained, True, f"open_clip:{spec.open_clip_name}/{spec.pretrained}"
     else:
@@ -195,7 +203,11 @@ def load_backbone(model: str = "vit-b16", weights: str | os.PathLike | None = No
             f"They download from the Hugging Face hub on first use; without internet, pass a local file "
             f"with --weights PATH (or set {WEIGHTS_ENV}), or use --model tiny for an untrained offline demo."
         ) from exc
-    return Backbone(spec, clip_model, preprocess, device, trained=trained, weights_source=source)
+    backbone = Backbone(spec, clip_model, preprocess, device, trained=trained, weights_source=source)
+    if weights is not None:
+        backbone.weights_file_sha256 = file_sha256
+        backbone.weights_verified = os.environ.get(VERIFIED_ENV, "") == file_sha256
+    return backbone
 
 
 def random_backbone(model: str | BackboneSpec, device: str | torch.device = "cpu", seed: int = 0) -> Backbone:

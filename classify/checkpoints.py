@@ -53,7 +53,9 @@ def backbone_identity(backbone: Backbone) -> dict:
     """What a checkpoint records about the backbone it was trained on."""
     return {"name": backbone.spec.name, "open_clip_name": backbone.spec.open_clip_name,
             "weights_sha256": backbone.weights_sha256, "model_id": backbone.model_id,
-            "width": backbone.width, "embed_dim": backbone.embed_dim, "trained": backbone.trained}
+            "width": backbone.width, "embed_dim": backbone.embed_dim, "trained": backbone.trained,
+            "weights_source": backbone.weights_source, "weights_file_sha256": backbone.weights_file_sha256,
+            "weights_verified": backbone.weights_verified}
 
 
 def head_paths(directory: str | Path, attribute: str) -> tuple[Path, Path]:

@@ -189,11 +189,13 @@ def predict_attributes(images: pd.DataFrame, backbone: Backbone, heads: Mapping[
     runner = HeadRunner(heads)  # the MHAdapter heads run as one fused, batched pass
     # adapted heads (microCLIP, FAIR-style) run their own image tower on the pixels: no skipping the decode
     needs_pixels = any(getattr(head, "needs_pixels", False) for head in heads.values())
-    cached = [i for i, image_id in enumerate(ids)
-              if feature_cache is not None and not needs_pixels and feature_cache.has(image_id)]
+    keys = feature_cache.keys(files) if feature_cache is not None else [None] * len(files)  # content hashes
+    cached = [i for i, key in enumerate(keys)
+              if feature_cache is not None and not needs_pixels and feature_cache.has(key)]
     for start in range(0, len(cached), batch_size):
-        batch_ids = [ids[i] for i in cached[start:start + batch_size]]
-        features = feature_cache.get(batch_ids).to(backbone.device)
+        rows = cached[start:start + batch_size]
+        batch_ids = [ids[i] for i in rows]
+        features = feature_cache.get([keys[i] for i in rows]).to(backbone.device)
         _append_predictions(columns, batch_ids, features, heads, model_ids, runner)
     todo = sorted(set(range(len(ids))) - set(cached))
     for indices, pixels, bad in image_batches([files[i] for i in todo], backbone, batch_size=batch_size,
@@ -204,7 +206,7 @@ def predict_attributes(images: pd.DataFrame, backbone: Backbone, heads: Mapping[
             features = backbone.encode_images(pixels)
             batch_ids = [ids[todo[i]] for i in indices]
             if feature_cache is not None:
-                feature_cache.put(batch_ids, features)
+                feature_cache.put([keys[todo[i]] for i in indices], features)
             if needs_pixels:
                 features.pixels = pixels.to(backbone.device)
             _append_predictions(columns, batch_ids, features, heads, model_ids, runner)

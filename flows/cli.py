@@ -147,11 +147,19 @@ def _train(args: argparse.Namespace) -> int:
     best = result.fit.best_metrics
     if not backbone.trained:
         print(f"WARNING: model '{args.model}' is UNTRAINED (random weights): this head is a pipeline check, not a model.")
+    _warn_unverified(backbone)
     print(f"{args.attribute}: trained on {result.n_train}, validated on {result.n_val} images ({config.mode} mode)")
     print(f"best epoch {result.fit.best_epoch}: val accuracy {best['accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f}"
           f"{' (stopped early)' if result.fit.stopped_early else ''}")
     print(f"checkpoint: {result.checkpoint}")
     return 0
+
+
+def _warn_unverified(backbone) -> None:
+    if backbone.weights_file_sha256 and not backbone.weights_verified:
+        print(f"WARNING: backbone weights {backbone.weights_source} (sha256 {backbone.weights_file_sha256[:16]}...) are "
+              f"UNVERIFIED: nothing checked that they are real {backbone.spec.name} weights; set "
+              f"CITY_AUDIT_WEIGHTS_VERIFIED=<their sha256> to vouch for them")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -161,12 +169,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         backbone = load_backbone(args.model, weights=args.weights, device=args.device)
         report = evaluate_attribute(args.attribute, args.data, backbone, args.out, heads_dir=args.heads,
-                                    split=args.split, train_data=args.train_data, cache_dir=args.cache_dir)
+                                    split=args.split, train_data=args.train_data, cache_dir=args.cache_dir,
+                                    drop_train_overlap=args.drop_train_overlap)
     except _user_errors() as exc:
         print(f"city-audit: error: {exc}", file=sys.stderr)
         return 2
     if not backbone.trained:
         print(f"WARNING: model '{args.model}' is UNTRAINED (random weights): these numbers are not results.")
+    _warn_unverified(backbone)
     print(f"{args.attribute}, {args.split} split, {report['n']} images: {report['class_counts']}")
     print(report["table"])
     for method, note in report["notes"].items():
@@ -312,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--train-data", help="training labels for the linear probe (default: --data's train split)")
     evaluate.add_argument("--out", default="outputs/evaluation", help="folder for the JSON report and confusion PNGs")
     evaluate.add_argument("--cache-dir", help="backbone feature cache (shared with train)")
+    evaluate.add_argument("--drop-train-overlap", action="store_true",
+                          help="score only the images the heads did not train on (default: refuse such a split)")
     evaluate.add_argument("--adapted", help="heads folder from city-audit adapt: also print zero-shot vs adapted")
     _add_model_options(evaluate)
     evaluate.set_defaults(handler=_evaluate)
