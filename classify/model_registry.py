@@ -73,12 +73,13 @@ class BackboneSpec:
 
     @property
     def head_gmacs(self) -> float | None:
-        """Multiply-accumulates (10⁹) of one MHAdapter head per image: W→256→E MLP on N tokens,
-        the qkv projection, N×N attention and the out projection (after the mean, see classify.fused)."""
+        """Multiply-accumulates (10⁹) of one MHAdapter head per image as the fused pass runs it
+        (classify.fused): W→256→E MLP and the q, k projections on N tokens, the N×N scores, and the
+        value and output projections once on the token mean."""
         if None in (self.tokens, self.width, self.embed_dim):
             return None
         n, w, e = self.tokens, self.width, self.embed_dim
-        return (n * (w * BOTTLENECK + BOTTLENECK * e + 3 * e * e) + 2 * n * n * e + e * e) / 1e9
+        return (n * (w * BOTTLENECK + BOTTLENECK * e + 2 * e * e) + n * n * e + 2 * e * e) / 1e9
 
     def describe(self) -> str:
         """One line for ``city-audit models``."""
