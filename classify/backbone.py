@@ -150,7 +150,13 @@ class Backbone:
 
     @torch.inference_mode()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """L2-normalised text embeddings (len(texts), E) in fp32, computed in one call."""
+        """L2-normalised text embeddings (len(texts), E) in fp32, computed in one call, or read from
+        the text-embedding disk cache (``classify.text_cache``, keyed by weights hash and strings)."""
+        from classify.text_cache import cached_encode
+
+        return cached_encode(self, list(texts), self._encode_text)
+
+    def _encode_text(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts).to(self.device)
         with self.autocast():
             emb = self.model.encode_text(tokens)
