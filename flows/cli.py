@@ -96,7 +96,7 @@ def _adapt(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from classify.adapt import AdaptConfig, adapt_images, get_method, image_files, method_config
-    from classify.adapt_eval import adaptation_table, compare_adapted
+    from classify.adapt_eval import adaptation_details, adaptation_table, compare_adapted
     from classify.backbone import load_backbone
 
     attributes = list(ATTRIBUTES) if args.attribute == ["all"] else args.attribute
@@ -124,6 +124,7 @@ def _adapt(args: argparse.Namespace) -> int:
     if reports:
         print(f"zero-shot vs {spec.display_name} on {args.eval_data} ({args.eval_split}):")
         print(adaptation_table(reports))
+        print(adaptation_details(reports))
     return 0
 
 
@@ -183,7 +184,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"note: {method}: {note}")
     print(f"report: {report['report_path']} (confusion matrices beside it)")
     if args.adapted:
-        from classify.adapt_eval import adaptation_table, compare_adapted
+        from classify.adapt_eval import adaptation_details, adaptation_table, compare_adapted
 
         try:
             adapted = compare_adapted(args.attribute, args.data, backbone, args.adapted, args.out, split=args.split)
@@ -192,6 +193,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             return 2
         print(f"zero-shot vs {adapted['adapted_method']} (heads in {args.adapted}):")
         print(adaptation_table([adapted]))
+        print(adaptation_details([adapted]))
     return 0
 
 
@@ -285,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="ATTRIBUTE", help=f"one or more of {', '.join(ATTRIBUTES)}, or all")
     adapt.add_argument("--out", default="outputs/adapted", help="heads folder: <attribute>.safetensors + .json")
     adapt.add_argument("--eval-data", help="labelled set (GSS folder or path,label CSV): print zero-shot vs adapted")
-    adapt.add_argument("--eval-split", choices=["test", "train"], default="test")
+    adapt.add_argument("--eval-split", choices=["test", "train", "val"], default="test")
     adapt.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="method options, e.g. gamma=0.3 fairness=prior "
                        "(microclip) or weighting=margin top_k=2 (fair); see classify/microclip.py, classify/fair.py")
     _add_model_options(adapt)
