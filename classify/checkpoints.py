@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from contracts.errors import CityAuditError
-from classify.backbone import Backbone
+from classify.backbone import Backbone, require_patch_tokens
 from classify.heads import zero_shot_heads
 from classify.mhadapter import AdapterConfig, MHAdapterHead
 from classify.registry import HEAD_METHODS
@@ -55,7 +55,9 @@ def backbone_identity(backbone: Backbone) -> dict:
     """What a checkpoint records about the backbone it was trained on."""
     return {"name": backbone.spec.name, "open_clip_name": backbone.spec.open_clip_name,
             "weights_sha256": backbone.weights_sha256, "model_id": backbone.model_id,
-            "width": backbone.width, "embed_dim": backbone.embed_dim, "trained": backbone.trained}
+            "width": backbone.width, "embed_dim": backbone.embed_dim, "trained": backbone.trained,
+            "weights_source": backbone.weights_source, "weights_file_sha256": backbone.weights_file_sha256,
+            "weights_verified": backbone.weights_verified}
 
 
 def head_paths(directory: str | Path, attribute: str) -> tuple[Path, Path]:
@@ -144,6 +146,7 @@ def load_head(sidecar_path: str | Path, backbone: Backbone) -> torch.nn.Module:
     sidecar_path = Path(sidecar_path)
     sidecar = read_sidecar(sidecar_path)
     build = _builder(sidecar.get("method"), sidecar_path)
+    require_patch_tokens(backbone, sidecar.get("method"))
     _check_compatible(sidecar, backbone, sidecar_path)
     tensors_path = sidecar_path.with_suffix(".safetensors")
     if not tensors_path.is_file():

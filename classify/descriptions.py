@@ -149,8 +149,14 @@ def cupl_classifier(descriptions: torch.Tensor, mask: torch.Tensor) -> torch.Ten
 
 @torch.inference_mode()
 def _encode_raw(backbone: Backbone, texts: list[str]) -> torch.Tensor:
-    tokens = backbone.tokenizer(texts).to(backbone.device)
-    return backbone.model.encode_text(tokens).float().cpu()
+    """Unnormalised text embeddings (CPU, fp32), through the text-embedding disk cache (methods §1.4)."""
+    from classify.text_cache import cached_encode
+
+    def encode(strings: list[str]) -> torch.Tensor:
+        tokens = backbone.tokenizer(strings).to(backbone.device)
+        return backbone.model.encode_text(tokens).float().cpu()
+
+    return cached_encode(backbone, texts, encode, kind="raw")
 
 
 def class_text(backbone: Backbone, attribute: Attribute, directory: str | Path | None = None) -> ClassText:

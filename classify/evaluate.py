@@ -14,6 +14,7 @@ was selected on, never trained on).
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -22,17 +23,17 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from classify.backbone import Backbone, ImageFeatures
-from classify.baselines import LinearProbeHead, ZeroRHead
-from classify.checkpoints import head_paths, load_head, read_sidecar
+from classify.baselines import LinearProbeHead, ZeroRHead, fit_linear_probe
+from classify.checkpoints import backbone_identity, head_paths, load_head, read_sidecar
 from classify.features import FeatureCache, encode_files
 from classify.heads import zero_shot_heads
-from classify.labels import LabeledImages, read_labels
+from classify.labels import LabeledImages, LabelFileError, deduplicate, file_digest, read_labels
 from classify.metrics import classification_metrics
 from classify.schema import get_attribute
-from classify.train import TrainConfig, cached_batches, fit, predict_logits, split_labels
+from classify.train import TrainConfig, TrainingError, predict_logits, split_labels
 
 TABLE_COLUMNS = ("accuracy", "macro_f1", "macro_f1_all_classes", "weighted_f1", "adjusted_balanced_accuracy")
-#: The linear probe is trained like the heads, on cached features (the reference used SGD lr 2e-3).
+#: Seed and held-out fraction for choosing the linear probe's C (``classify.baselines.fit_linear_probe``).
 PROBE_CONFIG = TrainConfig(mode="cached", lr=1e-3, class_weighting="inverse")
 
 
@@ -83,27 +84,79 @@ def comparison_table(methods: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+class EvaluationError(TrainingError):
+    """An evaluation that would mislead: test images the compared heads were trained on."""
+
+
+def _labels(source: Path, attribute, split: str, notes: dict, what: str) -> LabeledImages:
+    """Labels of one split with repeated images (same bytes) removed; the count goes to ``notes``."""
+    labeled, dropped = deduplicate(read_labels(source, attribute, split))
+    if dropped:
+        notes[f"duplicates_{what}"] = f"{dropped} duplicate rows (same image bytes) dropped from {labeled.source}"
+    return labeled
+
+
 def _eval_and_train_sets(attribute, data: Path, split: str, train_data: Path | None,
-                         config: TrainConfig) -> tuple[LabeledImages, LabeledImages | None]:
+                         config: TrainConfig, notes: dict) -> tuple[LabeledImages, LabeledImages | None]:
     """(images to evaluate on, training images for the probe) without overlap."""
     source = train_data or (data if data.is_dir() or split == "val" else None)
-    training = split_labels(read_labels(source, attribute, "train"), config) if source is not None else None
+    training = split_labels(_labels(source, attribute, "train", notes, "train"), config) if source is not None else None
     if split == "val":
         return training[1], training[0]
     if split != "test":
         raise ValueError(f"unknown split {split!r}; choose test or val")
-    return read_labels(data, attribute, "test"), (training[0] if training else None)
+    return _labels(data, attribute, "test", notes, "test"), (training[0] if training else None)
+
+
+def head_training_images(sidecar: dict, attribute) -> LabeledImages:
+    """The images a checkpoint's head was fitted on, recreated from the data, seed and fraction it
+    records (the same deduplicated, seeded split as ``train_attribute``)."""
+    hp = sidecar.get("hyperparameters", {})
+    config = replace(TrainConfig(), seed=hp.get("seed", 42), val_fraction=hp.get("val_fraction", 0.2))
+    labeled, _ = deduplicate(read_labels(Path(hp["data"]), attribute, "train"))
+    return split_labels(labeled, config)[0]
+
+
+def _training_overlap(eval_set: LabeledImages, training: dict[str, LabeledImages]) -> dict[str, list[int]]:
+    """Positions of ``eval_set`` whose image bytes some training set also holds, per training set."""
+    digests = [file_digest(f) for f in eval_set.files]
+    found = {}
+    for name, part in training.items():
+        seen = {file_digest(f) for f in part.files}
+        positions = [i for i, d in enumerate(digests) if d in seen]
+        if positions:
+            found[name] = positions
+    return found
+
+
+def fit_probe(attr, train_set: LabeledImages, encode, config: TrainConfig) -> tuple[LinearProbeHead, str]:
+    """Logistic-regression probe on exactly ``train_set`` (the head's training labels): C picked on a
+    seeded stratified held-out part of it, then refitted on all of it. Deterministic."""
+    fit_part, select_part = split_labels(train_set, config)
+    _, selection = fit_linear_probe(attr, encode(fit_part), list(fit_part.labels), encode(select_part),
+                                    list(select_part.labels))
+    c = selection["chosen_C"]
+    probe, info = fit_linear_probe(attr, encode(train_set), list(train_set.labels), c_grid=(c,))
+    fit = info["fits"][0]
+    return probe, (f"logistic regression (L-BFGS, C={c:g} chosen on {len(select_part)} held-out training images), "
+                   f"fitted on all {len(train_set)} training images the head used; "
+                   f"{'converged' if info['converged'] else 'NOT converged'} (max |gradient| "
+                   f"{fit['max_abs_gradient']:.1e}, {fit['iterations']} iterations)")
 
 
 def evaluate_attribute(attribute: str, data: str | Path, backbone: Backbone, out_dir: str | Path, *,
                        heads_dir: str | Path | None = None, split: str = "test",
                        train_data: str | Path | None = None, cache_dir: str | Path | None = None,
-                       probe_config: TrainConfig = PROBE_CONFIG, progress: bool = True) -> dict:
+                       probe_config: TrainConfig = PROBE_CONFIG, progress: bool = True,
+                       drop_train_overlap: bool = False) -> dict:
     """Compare ZeroR, zero-shot, linear probe and MHAdapter for ``attribute`` on one split.
 
     Returns the report (also written as ``<out_dir>/<attribute>-evaluation.json``): per-method
-    metrics, confusion PNG paths and a Markdown ``table``. The probe is skipped (and said so)
-    when there are no training labels, e.g. a plain test CSV without ``train_data``.
+    metrics, confusion PNG paths and a Markdown ``table``; per-image predictions of every method
+    go to ``<attribute>-predictions.csv``. The probe is skipped (and said so) when there are no
+    training labels, e.g. a plain test CSV without ``train_data``. Repeated images are dropped
+    with a count in ``notes``. Evaluation images that the head (or the probe) trained on raise
+    ``EvaluationError`` unless ``drop_train_overlap``, which removes them and says how many.
     """
     attr = get_attribute(attribute)
     out_dir = Path(out_dir)
@@ -111,11 +164,31 @@ def evaluate_attribute(attribute: str, data: str | Path, backbone: Backbone, out
     sidecar_path = head_paths(heads_dir, attr.name)[1] if heads_dir is not None else None
     has_head = sidecar_path is not None and sidecar_path.is_file()
     split_config = TrainConfig()
+    notes: dict[str, str] = {}
+    sidecar = read_sidecar(sidecar_path) if has_head else None
     if has_head:  # recreate the training split the head was selected on
-        hp = read_sidecar(sidecar_path)["hyperparameters"]
+        hp = sidecar["hyperparameters"]
         split_config = replace(split_config, seed=hp.get("seed", 42), val_fraction=hp.get("val_fraction", 0.2))
     eval_set, train_set = _eval_and_train_sets(attr, Path(data), split, Path(train_data) if train_data else None,
-                                               split_config)
+                                               split_config, notes)
+    training = {"linear probe / ZeroR": train_set} if train_set is not None else {}
+    if has_head:
+        try:
+            training["mhadapter head"] = head_training_images(sidecar, attr)
+        except (KeyError, OSError, LabelFileError, TrainingError) as exc:
+            notes["train_overlap"] = f"could not recreate the head's training images to check overlap: {exc}"
+    overlap = _training_overlap(eval_set, training)
+    if overlap:
+        positions = sorted({i for found in overlap.values() for i in found})
+        what = "; ".join(f"{len(found)} in the {name}'s training images" for name, found in overlap.items())
+        if not drop_train_overlap:
+            raise EvaluationError(f"{len(positions)} of the {len(eval_set)} {split} images were trained on ({what}, "
+                                  f"e.g. {eval_set.files[positions[0]]!r}); evaluate on held-out images, or pass "
+                                  f"--drop-train-overlap to score only the others")
+        eval_set = eval_set.subset([i for i in range(len(eval_set)) if i not in set(positions)])
+        notes["train_overlap"] = f"{len(positions)} images the heads trained on were dropped ({what})"
+        if not len(eval_set):
+            raise EvaluationError(f"every {split} image was trained on ({what}): nothing left to evaluate")
     cache = FeatureCache(cache_dir, backbone) if cache_dir is not None else None
 
     def encode(part: LabeledImages) -> ImageFeatures:
@@ -123,19 +196,11 @@ def evaluate_attribute(attribute: str, data: str | Path, backbone: Backbone, out
 
     features = encode(eval_set)
     heads: dict[str, object] = {}
-    notes: dict[str, str] = {}
     if train_set is not None:
         heads["zero_r"] = ZeroRHead(attr, train_set.class_counts())
     heads["zeroshot"] = zero_shot_heads(backbone, [attr])[attr.name]
     if train_set is not None:
-        probe_train, probe_val = split_labels(train_set, probe_config)
-        probe = LinearProbeHead(attr, backbone.embed_dim).to(backbone.device)
-        probe_fit = fit(probe, cached_batches(encode(probe_train), torch.tensor(probe_train.labels),
-                                              probe_config.batch_size, probe_config.seed, backbone.device),
-                        encode(probe_val), torch.tensor(probe_val.labels), probe_train.class_counts(), probe_config,
-                        backbone.device, progress=progress, desc="training linear probe")
-        heads["linear_probe"] = probe
-        notes["linear_probe"] = f"trained on {len(probe_train)} images, selected at epoch {probe_fit.best_epoch}"
+        heads["linear_probe"], notes["linear_probe"] = fit_probe(attr, train_set, encode, probe_config)
     else:
         notes["linear_probe"] = "skipped: no training labels (pass --train-data)"
     if has_head:
@@ -143,20 +208,34 @@ def evaluate_attribute(attribute: str, data: str | Path, backbone: Backbone, out
     elif heads_dir is not None:
         notes["mhadapter"] = f"skipped: no {attr.name} checkpoint in {heads_dir}"
 
-    methods, pictures = {}, {}
+    methods, pictures, predicted = {}, {}, {}
     for method, head in heads.items():
-        methods[method] = score_head(head, features, eval_set, backbone.device)
+        predicted[method] = predict_logits(head, features, 256, backbone.device).argmax(-1).tolist()
+        methods[method] = classification_metrics(list(eval_set.labels), predicted[method], attr.classes)
         methods[method]["head_id"] = head.head_id
         pictures[method] = str(render_confusion_matrix(
             methods[method]["confusion_matrix"], attr.classes, f"{attr.name} - {method} - {split} (n={len(eval_set)})",
             out_dir / f"{attr.name}-{method}-confusion.png"))
+    predictions_path = write_predictions(out_dir / f"{attr.name}-predictions.csv", eval_set, predicted)
     report = {
         "attribute": attr.name, "split": split, "data": str(data), "n": len(eval_set),
         "class_counts": dict(zip(attr.classes, eval_set.class_counts())),
-        "backbone": {"model_id": backbone.model_id, "trained": backbone.trained},
+        "backbone": backbone_identity(backbone),
         "methods": methods, "confusion_pngs": pictures, "notes": notes, "table": comparison_table(methods),
+        "predictions_csv": str(predictions_path),
     }
     path = out_dir / f"{attr.name}-evaluation.json"
     path.write_text(json.dumps(report, indent=2))
     report["report_path"] = str(path)
     return report
+
+
+def write_predictions(path: Path, eval_set: LabeledImages, predicted: dict[str, list[int]]) -> Path:
+    """One row per evaluated image: id, file, true label and every method's predicted label."""
+    classes = eval_set.attribute.classes
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image_id", "file", "label", *predicted])
+        for i, (image_id, file, label) in enumerate(zip(eval_set.image_ids, eval_set.files, eval_set.labels)):
+            writer.writerow([image_id, file, classes[label], *(classes[p[i]] for p in predicted.values())])
+    return path

@@ -17,8 +17,9 @@ as a reproduction. Keep this module isolated so it can be replaced if the real c
   per-sample weight w = q_CLS[ŷ]/max_c q_CLS (``agreement``, DPA-style) or 1 − q₍₂₎/q₍₁₎
   (``margin``); loss = mean_b w_b·CE(κ·cos(v_strong, Ā), ŷ) + λ·fairness (MUST's term, §3.4).
 
-Trainables: the visual LayerNorms and A. Prediction (the cheap path, §4.5): argmax κ·cos(CLS, Ā),
-one image-tower pass with the adapted LayerNorms.
+Trainables: the visual LayerNorms and A. Prediction (§4.5), chosen by ``predict_with``: ``cls``
+(default, the cheap path) argmax κ·cos(CLS, Ā), one image-tower pass with the adapted LayerNorms;
+``las`` argmax κ·LAS over ``predict_crops`` fixed crops and the full view, (K+1)x the cost.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from classify.adapted_visual import LOGIT_SCALE, AdaptationError, AdaptedHead, AdaptedVisual
-from classify.backbone import Backbone
+from classify.adapted_visual import LOGIT_SCALE, PIXELS_NEEDED, AdaptationError, AdaptedHead, AdaptedVisual
+from classify.backbone import Backbone, require_patch_tokens
 from classify.descriptions import ClassText, class_text
 from classify.microclip import RunningMean, fairness_loss
 from classify.schema import Attribute
@@ -48,6 +49,8 @@ class FairConfig:
     gamma: float = 1.0  # weight of q_LAS against q_CLS in the pseudo-label
     weighting: str = "agreement"  # agreement (DPA lineage) | margin | none
     fairness_weight: float = 1.0
+    predict_with: str = "cls"  # cls: one pass, argmax κ·cos(CLS, Ā) | las: κ·LAS over fixed crops, (K+1)x cost
+    predict_crops: int = 8  # K for the LAS prediction path
 
     def __post_init__(self):
         if self.las_form not in ("factorised", "double_sum"):
@@ -58,6 +61,10 @@ class FairConfig:
             raise AdaptationError("top_k must be at least 1")
         if not 0.0 <= self.gamma <= 1.0:
             raise AdaptationError("gamma must lie in [0, 1]")
+        if self.predict_with not in ("cls", "las"):
+            raise AdaptationError(f"predict_with must be cls or las, got {self.predict_with!r}")
+        if self.predict_crops < 1:
+            raise AdaptationError("predict_crops must be at least 1")
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict of the fields."""
@@ -136,6 +143,28 @@ class FairHead(AdaptedHead):
         """κ·cos(CLS, Ā) (B, C): the student and the cheap prediction path."""
         return self.logit_scale * self.encode_cls(pixels) @ self.class_anchors().T
 
+    @property
+    def prediction_path(self) -> str:
+        """Which §4.5 path ``forward`` uses: ``cls`` (one pass) or ``las`` (K fixed crops + the full view)."""
+        return self.config.predict_with
+
+    def las_logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """κ·LAS (B, C) over ``predict_crops`` fixed crops of each preprocessed image plus the full view:
+        the crop-scoring prediction path of methods §4.5, (K+1)x the image-tower cost."""
+        crops = fixed_crops(pixels, self.config.predict_crops)
+        b, k = crops.shape[:2]
+        full = self.encode_cls(pixels)
+        crop_cls = self.encode_cls(crops.flatten(0, 1)).view(b, k, -1)
+        return self.logit_scale * self.alignment_score(crop_cls, full)
+
+    def forward(self, features) -> torch.Tensor:
+        """Prediction logits (B, C) from ``features.pixels`` by the configured path (``prediction_path``)."""
+        if self.config.predict_with == "cls":
+            return super().forward(features)
+        if features.pixels is None:
+            raise AdaptationError(PIXELS_NEEDED)
+        return self.las_logits(features.pixels.to(next(self.parameters()).device)).float()
+
     @torch.no_grad()
     def teacher(self, weak: torch.Tensor, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pseudo-labels (B,), ambiguity weights (B,)) from the weak view and its crops (B, K, 3, S, S)."""
@@ -147,6 +176,24 @@ class FairHead(AdaptedHead):
         mixed = self.config.gamma * q_las + (1.0 - self.config.gamma) * q_cls
         pseudo = mixed.argmax(dim=-1)
         return pseudo, AMBIGUITY_WEIGHTS[self.config.weighting](mixed, q_cls, pseudo)
+
+
+def fixed_crops(pixels: torch.Tensor, k: int, seed: int = 0, scale: tuple[float, float] = (0.5, 0.9)) -> torch.Tensor:
+    """K square crops (B, K, 3, S, S) of preprocessed pixels (B, 3, S, S), resized back to S (bicubic).
+
+    Side U(0.5, 0.9)·S and position drawn once from ``seed``, the same boxes for every image: the
+    training crops' distribution (WCA/microCLIP), but deterministic, so predictions repeat."""
+    size = pixels.shape[-1]
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(k):
+        side = max(1, round(size * float(torch.empty(1).uniform_(*scale, generator=generator))))
+        top = int(torch.randint(0, size - side + 1, (1,), generator=generator))
+        left = int(torch.randint(0, size - side + 1, (1,), generator=generator))
+        crop = pixels[..., top:top + side, left:left + side]
+        out.append(nn.functional.interpolate(crop, size=(size, size), mode="bicubic", align_corners=False,
+                                             antialias=True))
+    return torch.stack(out, dim=1)
 
 
 def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -169,6 +216,7 @@ def fair_loss(head: FairHead, weak: torch.Tensor, strong: torch.Tensor, crops: t
 def build_fair_head(backbone: Backbone, attribute: Attribute, config: FairConfig = FairConfig(),
                     text: ClassText | None = None) -> FairHead:
     """A fresh FAIR-style model for ``attribute`` on ``backbone`` (its device); text encoded once unless given."""
+    require_patch_tokens(backbone, FairHead.method)
     text = text or class_text(backbone, attribute)
     return FairHead(attribute, AdaptedVisual(backbone.model.visual), text, config).to(backbone.device)
 

@@ -18,9 +18,9 @@ from classify.schema import ATTRIBUTES
 
 @dataclass
 class TrainJob:
-    """What ``train_head`` did: the backbone's trainedness and the training result."""
+    """What ``train_head`` did: the backbone it trained on and the training result."""
 
-    backbone_trained: bool
+    backbone: Any  # classify.backbone.Backbone
     result: Any  # classify.train.TrainResult
     mode: str
 
@@ -47,7 +47,7 @@ def train_head(attribute: str, data: str | Path, out: str | Path, *, model: str 
     backbone = load_backbone(model, weights=weights, device=device)
     result = train_attribute(attribute, data, backbone, out, config=config, adapter=adapter, resume=resume,
                              cache_dir=cache_dir, progress=progress)
-    return TrainJob(backbone.trained, result, config.mode)
+    return TrainJob(backbone, result, config.mode)
 
 
 @dataclass
@@ -56,7 +56,7 @@ class AdaptJob:
 
     method_name: str
     n_images: int
-    backbone_trained: bool
+    backbone: Any  # classify.backbone.Backbone
     results: dict  # attribute -> classify.adapt.AdaptResult
     reports: list[dict]
 
@@ -87,4 +87,4 @@ def adapt_heads(method: str, images: str | Path, attributes: list[str] | None, o
                            progress=progress)
     reports = [compare_adapted(name, eval_data, backbone, out, out, split=eval_split, progress=progress)
                for name in attributes] if eval_data else []
-    return AdaptJob(spec.display_name, len(files), backbone.trained, results, reports)
+    return AdaptJob(spec.display_name, len(files), backbone, results, reports)

@@ -19,6 +19,7 @@ the file, the row and the value.
 from __future__ import annotations
 
 import csv
+import hashlib
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -161,3 +162,36 @@ def stratified_split(labels, val_fraction: float = 0.2, seed: int = 42) -> tuple
         val += members[:n_val]
         train += members[n_val:]
     return sorted(train), sorted(val)
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes: the identity of an image, whatever its name or folder."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def deduplicate(data: LabeledImages) -> tuple[LabeledImages, int]:
+    """``data`` without repeated images (same bytes, whatever the file name), first row kept.
+
+    Returns (deduplicated images, number of rows dropped). The same image labelled with two
+    different classes raises ``LabelFileError`` naming both rows' files: such a label file is
+    ambiguous and must be fixed, not trained on.
+    """
+    seen: dict[str, int] = {}
+    keep: list[int] = []
+    for index, path in enumerate(data.files):
+        try:
+            digest = file_digest(path)
+        except OSError as exc:
+            raise LabelFileError(f"{data.source}: image {path!r} cannot be read ({exc})") from None
+        if digest in seen:
+            first = seen[digest]
+            if data.labels[first] != data.labels[index]:
+                classes = data.attribute.classes
+                raise LabelFileError(f"{data.source}: {data.files[index]!r} ({classes[data.labels[index]]}) is the same "
+                                     f"image as {data.files[first]!r} ({classes[data.labels[first]]}) with another "
+                                     f"label; fix the label file")
+            continue
+        seen[digest] = index
+        keep.append(index)
+    return data.subset(keep), len(data) - len(keep)

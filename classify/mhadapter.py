@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from contracts.errors import CityAuditError
-from classify.backbone import Backbone, ImageFeatures
+from classify.backbone import Backbone, ImageFeatures, require_patch_tokens
 from classify.schema import Attribute
 
 BOTTLENECK = 256  # a constant of the reference adapter
@@ -160,6 +160,7 @@ def build_mhadapter_head(backbone: Backbone, attribute: Attribute, config: Adapt
     Widths come from the backbone; the prompts go through the text tower once unless
     ``text_embeddings`` (C, E) are given (e.g. from a checkpoint).
     """
+    require_patch_tokens(backbone, MHAdapterHead.method)
     if text_embeddings is None:
         text_embeddings = backbone.encode_text(attribute.prompts())
     head = MHAdapterHead(attribute, text_embeddings.cpu(), backbone.logit_scale, backbone.width, config)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from classify.adapted_visual import LOGIT_SCALE, AdaptationError, AdaptedHead, AdaptedVisual
-from classify.backbone import Backbone
+from classify.backbone import Backbone, require_patch_tokens
 from classify.descriptions import ClassText, class_text
 from classify.schema import Attribute
 
@@ -227,6 +227,7 @@ def microclip_loss(head: MicroCLIPHead, weak: torch.Tensor, strong: torch.Tensor
 def build_microclip_head(backbone: Backbone, attribute: Attribute, config: MicroCLIPConfig = MicroCLIPConfig(),
                          text: ClassText | None = None) -> MicroCLIPHead:
     """A fresh microCLIP model for ``attribute`` on ``backbone`` (its device); text encoded once unless given."""
+    require_patch_tokens(backbone, MicroCLIPHead.method)
     text = text or class_text(backbone, attribute)
     return MicroCLIPHead(attribute, AdaptedVisual(backbone.model.visual), text, config).to(backbone.device)
 

@@ -25,6 +25,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from tqdm.auto import tqdm
 
 from classify.backbone import Backbone, ImageFeatures
+from classify.fused import HeadRunner
 from classify.heads import Head
 from contracts.tables import PREDICTIONS
 
@@ -140,10 +141,11 @@ def default_num_workers(n_images: int) -> int:
 
 
 def _append_predictions(columns: dict[str, list], image_ids: list[str], features: ImageFeatures,
-                        heads: Mapping[str, Head], model_ids: Mapping[str, str]) -> None:
+                        heads: Mapping[str, Head], model_ids: Mapping[str, str], runner: HeadRunner) -> None:
+    logits = runner(features)
     for name, head in heads.items():
         with torch.inference_mode():
-            probs = head(features).float().softmax(dim=-1).cpu()
+            probs = logits[name].float().softmax(dim=-1).cpu()
         confidence, best = probs.max(dim=-1)
         classes = head.attribute.classes
         n = len(image_ids)
@@ -163,7 +165,8 @@ def predict_attributes(images: pd.DataFrame, backbone: Backbone, heads: Mapping[
 
     ``images`` needs columns ``image_id`` and ``file`` (a readable path). Returns one prediction
     row per (image, attribute) with the label, its probability as ``confidence``, all class
-    probabilities and the head's method; undecodable images go to ``failures``.
+    probabilities and the head's method; undecodable images go to ``failures``. MHAdapter heads
+    run fused (``classify.fused.HeadRunner``), the same logits as one by one.
     ``feature_cache``: a ``classify.features.FeatureCache`` for this backbone; cached images
     skip the backbone, new ones are added. ``device_decode``: decode JPEGs on the device.
     """
@@ -172,14 +175,17 @@ def predict_attributes(images: pd.DataFrame, backbone: Backbone, heads: Mapping[
     columns: dict[str, list] = {name: [] for name in PREDICTIONS.names}
     failures = []
     model_ids = {name: f"{backbone.model_id}+{head.head_id}" for name, head in heads.items()}
+    runner = HeadRunner(heads)  # the MHAdapter heads run as one fused, batched pass
     # adapted heads (microCLIP, FAIR-style) run their own image tower on the pixels: no skipping the decode
     needs_pixels = any(getattr(head, "needs_pixels", False) for head in heads.values())
-    cached = [i for i, image_id in enumerate(ids)
-              if feature_cache is not None and not needs_pixels and feature_cache.has(image_id)]
+    keys = feature_cache.keys(files) if feature_cache is not None else [None] * len(files)  # content hashes
+    cached = [i for i, key in enumerate(keys)
+              if feature_cache is not None and not needs_pixels and feature_cache.has(key)]
     for start in range(0, len(cached), batch_size):
-        batch_ids = [ids[i] for i in cached[start:start + batch_size]]
-        features = feature_cache.get(batch_ids).to(backbone.device)
-        _append_predictions(columns, batch_ids, features, heads, model_ids)
+        rows = cached[start:start + batch_size]
+        batch_ids = [ids[i] for i in rows]
+        features = feature_cache.get([keys[i] for i in rows]).to(backbone.device)
+        _append_predictions(columns, batch_ids, features, heads, model_ids, runner)
     todo = sorted(set(range(len(ids))) - set(cached))
     for indices, pixels, bad in image_batches([files[i] for i in todo], backbone, batch_size=batch_size,
                                               num_workers=num_workers, device_decode=device_decode,
@@ -189,9 +195,9 @@ def predict_attributes(images: pd.DataFrame, backbone: Backbone, heads: Mapping[
             features = backbone.encode_images(pixels)
             batch_ids = [ids[todo[i]] for i in indices]
             if feature_cache is not None:
-                feature_cache.put(batch_ids, features)
+                feature_cache.put([keys[todo[i]] for i in indices], features)
             if needs_pixels:
                 features.pixels = pixels.to(backbone.device)
-            _append_predictions(columns, batch_ids, features, heads, model_ids)
+            _append_predictions(columns, batch_ids, features, heads, model_ids, runner)
     table = pa.Table.from_pydict(columns, schema=PREDICTIONS)
     return PredictionResult(table, pd.DataFrame(failures, columns=["image_id", "stage", "reason"]))

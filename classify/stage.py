@@ -60,6 +60,8 @@ def classify_image_store(images: pd.DataFrame, store: Path, *, backbone: Backbon
         "backbone_id": backbone.model_id,
         "backbone_sha256": backbone.weights_sha256,
         "trained": backbone.trained,
+        "weights_file_sha256": backbone.weights_file_sha256,  # a --weights file: recorded, and unverified
+        "weights_verified": backbone.weights_verified,       # unless $CITY_AUDIT_WEIGHTS_VERIFIED vouches
         "device": str(backbone.device),
         "heads": {name: {"method": head.method, "model_id": model_ids[name]} for name, head in heads.items()},
     }

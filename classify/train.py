@@ -18,6 +18,7 @@ epoch is seeded from ``seed + epoch``, so a resumed run continues exactly where 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -33,7 +34,7 @@ from contracts.errors import CityAuditError
 from classify.backbone import Backbone, ImageFeatures
 from classify.checkpoints import CheckpointError, load_train_state, save_head, save_train_state
 from classify.features import FeatureCache, encode_files
-from classify.labels import LabeledImages, read_labels, stratified_split
+from classify.labels import LabeledImages, deduplicate, read_labels, stratified_split
 from classify.metrics import classification_metrics
 from classify.mhadapter import AdapterConfig, MHAdapterHead, build_mhadapter_head
 from classify.schema import ATTRIBUTES, get_attribute
@@ -282,8 +283,12 @@ def train_attribute(attribute: str, data: str | Path, backbone: Backbone, out_di
     """
     attr = get_attribute(attribute)
     adapter = adapter or REFERENCE_ADAPTERS[attr.name]
-    labeled = read_labels(data, attr, "train")
+    labeled, duplicates = deduplicate(read_labels(data, attr, "train"))  # a repeated row must not land in train and val
     train, val = split_labels(labeled, config)
+    missing = [c for c, n in zip(attr.classes, train.class_counts()) if n == 0]
+    if missing:
+        warnings.warn(f"{attr.name}: no training image of class(es) {', '.join(missing)}; the head cannot learn them",
+                      stacklevel=2)
     cache = FeatureCache(cache_dir, backbone) if cache_dir is not None else None
 
     def encode(part: LabeledImages) -> ImageFeatures:
@@ -306,6 +311,7 @@ def train_attribute(attribute: str, data: str | Path, backbone: Backbone, out_di
     except CheckpointError as exc:
         raise TrainingError(str(exc)) from None
     hyperparameters = {**config.to_dict(), "data": str(data), "n_train": len(train), "n_val": len(val),
+                       "duplicates_dropped": duplicates, "classes_without_training_images": missing,
                        "train_class_counts": train.class_counts(), "val_class_counts": val.class_counts()}
     metrics = {"val": result.best_metrics, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
                "history": result.history}

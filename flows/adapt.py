@@ -19,7 +19,7 @@ stage = task(cache_policy=NO_CACHE)
 def adapt(method: str, images: str, attributes: list[str] | None, out: str, settings: dict) -> dict:
     job = adapt_heads(method, images, attributes, out, progress=False, **settings)
     summary = {"checkpoints": {name: str(r.checkpoint) for name, r in job.results.items()}, "n_images": job.n_images,
-               "backbone_trained": job.backbone_trained, "method_name": job.method_name}
+               "backbone_trained": job.backbone.trained, "method_name": job.method_name}
     if job.reports:
         summary["table"] = adaptation_table(job.reports)
     return summary

@@ -121,7 +121,7 @@ def config_options(args: argparse.Namespace) -> dict:
 
 
 def _adapt(args: argparse.Namespace) -> int:
-    from classify.adapt_eval import adaptation_table
+    from classify.adapt_eval import adaptation_details, adaptation_table
     from classify.jobs import adapt_heads
 
     loop = AdaptationConfig(**{k.removeprefix("config."): v for k, v in vars(args).items() if k.startswith("config.")})
@@ -129,8 +129,7 @@ def _adapt(args: argparse.Namespace) -> int:
                       model=args.model, weights=args.weights, device=args.device, options=loop.loop_options(),
                       method_options=args.set, eval_data=args.eval_data, eval_split=args.eval_split,
                       on_start=lambda name, n: print(f"{name}: adapting on {n} unlabelled images"))
-    if not job.backbone_trained:
-        print(f"WARNING: {untrained_warning(args.model, 'these adapted heads are')}")
+    _warn_untrained_or_unverified(job.backbone, args.model, "these adapted heads are")
     for name, result in job.results.items():
         counts = result.history[-1]["pseudo_label_counts"] if result.history else {}
         how = "reused an identical earlier adaptation" if result.reused else \
@@ -139,6 +138,7 @@ def _adapt(args: argparse.Namespace) -> int:
     if job.reports:
         print(f"zero-shot vs {job.method_name} on {args.eval_data} ({args.eval_split}):")
         print(adaptation_table(job.reports))
+        print(adaptation_details(job.reports))
     return 0
 
 
@@ -151,13 +151,22 @@ def _train(args: argparse.Namespace) -> int:
                      attention_heads=args.attention_heads, blend=args.blend, seed=args.seed,
                      num_workers=args.num_workers, resume=args.resume, cache_dir=args.cache_dir)
     result, best = job.result, job.result.fit.best_metrics
-    if not job.backbone_trained:
-        print(f"WARNING: {untrained_warning(args.model, 'this head is')}")
+    _warn_untrained_or_unverified(job.backbone, args.model, "this head is")
     print(f"{args.attribute}: trained on {result.n_train}, validated on {result.n_val} images ({job.mode} mode)")
     print(f"best epoch {result.fit.best_epoch}: val accuracy {best['accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f}"
           f"{' (stopped early)' if result.fit.stopped_early else ''}")
     print(f"checkpoint: {result.checkpoint}")
     return 0
+
+
+def _warn_untrained_or_unverified(backbone, model: str, what: str) -> None:
+    """The untrained warning, or the warning that a --weights file is unverified, where either applies."""
+    if not backbone.trained:
+        print(f"WARNING: {untrained_warning(model, what)}")
+    if backbone.weights_file_sha256 and not backbone.weights_verified:
+        print(f"WARNING: backbone weights {backbone.weights_source} (sha256 {backbone.weights_file_sha256[:16]}...) are "
+              f"UNVERIFIED: nothing checked that they are real {backbone.spec.name} weights; set "
+              f"CITY_AUDIT_WEIGHTS_VERIFIED=<their sha256> to vouch for them")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -166,20 +175,21 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     backbone = load_backbone(args.model, weights=args.weights, device=args.device)
     report = evaluate_attribute(args.attribute, args.data, backbone, args.out, heads_dir=args.heads,
-                                split=args.split, train_data=args.train_data, cache_dir=args.cache_dir)
-    if not backbone.trained:
-        print(f"WARNING: {untrained_warning(args.model, 'these numbers are')}")
+                                split=args.split, train_data=args.train_data, cache_dir=args.cache_dir,
+                                drop_train_overlap=args.drop_train_overlap)
+    _warn_untrained_or_unverified(backbone, args.model, "these numbers are")
     print(f"{args.attribute}, {args.split} split, {report['n']} images: {report['class_counts']}")
     print(report["table"])
     for method, note in report["notes"].items():
         print(f"note: {method}: {note}")
     print(f"report: {report['report_path']} (confusion matrices beside it)")
     if args.adapted:
-        from classify.adapt_eval import adaptation_table, compare_adapted
+        from classify.adapt_eval import adaptation_details, adaptation_table, compare_adapted
 
         adapted = compare_adapted(args.attribute, args.data, backbone, args.adapted, args.out, split=args.split)
         print(f"zero-shot vs {adapted['adapted_method']} (heads in {args.adapted}):")
         print(adaptation_table([adapted]))
+        print(adaptation_details([adapted]))
     return 0
 
 
@@ -206,8 +216,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
+    print("curated backbones (--model NAME); any other open_clip model: --model ARCH/PRETRAINED, e.g. ViT-B-16/dfn2b")
     for spec in BACKBONES.values():
-        print(f"{spec.name:8} {spec.open_clip_name:20} {spec.summary}")
+        print(spec.describe())
     return 0
 
 
@@ -230,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="ATTRIBUTE", help=f"one or more of {', '.join(ATTRIBUTES)}, or all")
     adapt.add_argument("--out", default="outputs/adapted", help="heads folder: <attribute>.safetensors + .json")
     adapt.add_argument("--eval-data", help="labelled set (GSS folder or path,label CSV): print zero-shot vs adapted")
-    adapt.add_argument("--eval-split", choices=["test", "train"], default="test")
+    adapt.add_argument("--eval-split", choices=["test", "train", "val"], default="test")
     adapt.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="method options, e.g. gamma=0.3 fairness=prior "
                        "(microclip) or weighting=margin top_k=2 (fair); see classify/microclip.py, classify/fair.py")
     _add_model_options(adapt)
@@ -267,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--train-data", help="training labels for the linear probe (default: --data's train split)")
     evaluate.add_argument("--out", default="outputs/evaluation", help="folder for the JSON report and confusion PNGs")
     evaluate.add_argument("--cache-dir", help="backbone feature cache (shared with train)")
+    evaluate.add_argument("--drop-train-overlap", action="store_true",
+                          help="score only the images the heads did not train on (default: refuse such a split)")
     evaluate.add_argument("--adapted", help="heads folder from city-audit adapt: also print zero-shot vs adapted")
     _add_model_options(evaluate)
     evaluate.set_defaults(handler=_evaluate)
@@ -276,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--limit", type=int, default=1, help="flow runs at a time (default: 1)")
     serve.set_defaults(handler=_serve)
 
-    models = commands.add_parser("models", help="list the registered backbones")
+    models = commands.add_parser("models", help="list the curated backbones: image size, widths, MHAdapter "
+                                 "parameters, cost")
     models.set_defaults(handler=_models)
     return parser
 

@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from classify.registry import BACKBONES, adaptation_methods, check_backbone, check_heads_folder, check_weights
+from classify.registry import (BACKBONES, adaptation_methods, check_backbone, check_heads_folder, check_model_name,
+                               check_weights)
 from classify.schema import ATTRIBUTES
 from contracts.errors import CityAuditError, ConfigError
 from geo.bbox import DEFAULT_MAX_AREA_KM2, parse_bbox
@@ -95,7 +96,8 @@ class RoadsConfig(Group):
 
 
 class ModelConfig(Group):
-    model: str = option("vit-b16", f"backbone: {' | '.join(BACKBONES)} (city-audit models; default: vit-b16)")
+    model: str = option("vit-b16", f"backbone: a name from `city-audit models` ({', '.join(BACKBONES)}) or an open_clip "
+                                   "ARCH/PRETRAINED pair such as ViT-B-16/dfn2b (default: vit-b16)")
     weights: str | None = option(None, "local checkpoint file for the backbone (default: $CITY_AUDIT_WEIGHTS or download)")
     device: str | None = option(None, "cpu, cuda, cuda:1, mps (default: the best available)")
     batch_size: int = option(32, "images per backbone batch (default: 32)", ge=1)
@@ -106,13 +108,15 @@ class ModelConfig(Group):
     @field_validator("model")
     @classmethod
     def _known_backbone(cls, model: str) -> str:
-        return checked(check_backbone, model).name
+        return checked(check_model_name, model)
 
     @field_validator("weights")
     @classmethod
-    def _weights_exist(cls, weights: str | None) -> str | None:
+    def _weights_exist(cls, weights: str | None, info: ValidationInfo) -> str | None:
         if weights is not None:
             checked(check_weights, weights)
+        if "model" in info.data:
+            checked(check_backbone, info.data["model"], weights)  # a bare open_clip ARCH needs weights
         return weights
 
     @field_validator("heads")

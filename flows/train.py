@@ -23,7 +23,7 @@ def train(attribute: str, data: str, out: str, options: dict) -> dict:
     result = job.result
     return {"checkpoint": str(result.checkpoint), "best_epoch": result.fit.best_epoch,
             "val": {k: result.fit.best_metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1")},
-            "n_train": result.n_train, "n_val": result.n_val, "backbone_trained": job.backbone_trained}
+            "n_train": result.n_train, "n_val": result.n_val, "backbone_trained": job.backbone.trained}
 
 
 @stage(name="evaluate heads")

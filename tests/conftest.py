@@ -14,6 +14,8 @@ os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="city-audit-prefect-")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never try a model hub from the tests
+# text-embedding disk cache: a throwaway folder (session fixtures), and a fresh one per test (below)
+os.environ["CITY_AUDIT_TEXT_CACHE"] = tempfile.mkdtemp(prefix="city-audit-text-")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SAMPLE = REPO.parent / "shared" / "sample"
@@ -26,6 +28,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """An empty selection is an error, never a silent green run (pytest's exit code 5)."""
     if not session.items and not session.config.option.collectonly:
         raise pytest.UsageError("no tests were collected: check the test paths and -k/-m filters")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_text_cache(tmp_path_factory, monkeypatch):
+    """Every test starts with an empty text-embedding disk cache of its own (classify.text_cache),
+    so tests that count text-tower calls stay hermetic and nothing is written to ~/.cache."""
+    monkeypatch.setenv("CITY_AUDIT_TEXT_CACHE", str(tmp_path_factory.mktemp("text-cache")))
 
 
 @pytest.fixture(scope="session")
