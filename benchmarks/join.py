@@ -233,10 +233,13 @@ def run_heading_peer(workdir: str, max_distance_m: float, metric_crs: str, threa
             "threads": threads}
 
 
-def compare_heading(workdir: Path) -> tuple[int, int, float, float]:
-    """Images matched by one side only, images matched to another segment, largest distance and heading differences."""
+def compare_heading(workdir: Path) -> tuple[int, int, float, float, float]:
+    """Images matched by one side only, images matched to another segment, the largest score gap between
+    the two choices of those (a near-tie when tiny), largest distance and heading differences."""
     import numpy as np
     import pandas as pd
+
+    from warehouse.build import DEFAULT_HEADING_PENALTY_M
 
     a = pd.read_parquet(workdir / "pipeline_result.parquet")
     a["id"] = a["image_id"].astype("int64")
@@ -245,13 +248,19 @@ def compare_heading(workdir: Path) -> tuple[int, int, float, float]:
     only_one = len(a.index.symmetric_difference(b.index))
     both = a.index.intersection(b.index)
     a, b = a.loc[both], b.loc[both]
-    other = int((a["segment_id"] != b["segment_id"]).sum())
+    differs = a["segment_id"] != b["segment_id"]
+    other = int(differs.sum())
+
+    def score(frame):
+        return frame["distance_m"] + (DEFAULT_HEADING_PENALTY_M * frame["heading_difference_deg"] / 90).fillna(0)
+
+    gap = float((score(a[differs]) - score(b[differs])).abs().max()) if other else 0.0
     same = a["segment_id"] == b["segment_id"]
     dist = float((a.loc[same, "distance_m"] - b.loc[same, "distance_m"]).abs().max()) if same.any() else 0.0
     ha, hb = a.loc[same, "heading_difference_deg"].to_numpy(float), b.loc[same, "heading_difference_deg"].to_numpy(float)
     nan_mismatch = int((np.isnan(ha) != np.isnan(hb)).sum())
     heading = float(np.nanmax(np.abs(ha - hb))) if np.isfinite(ha - hb).any() else 0.0
-    return only_one, other + nan_mismatch, dist, heading
+    return only_one, other + nan_mismatch, gap, dist, heading
 
 
 def _isolated(fn, *args) -> dict:
@@ -326,8 +335,9 @@ def main(argv: list[str] | None = None) -> int:
               f"({geo['seconds'] / duck['seconds']:.1f}x wall); peak RSS {duck['peak_rss_mb']:.0f} MB vs {geo['peak_rss_mb']:.0f} MB")
         if not args.skip_pipeline_sql:
             pipe, peer = rows["duckdb match_images.sql (heading)"], rows["shapely heading peer (STRtree)"]
-            only_one, other, dist, heading = compare_heading(workdir)
-            print(f"heading agreement: {only_one} images matched by one side only, {other} matched to another segment; "
+            only_one, other, gap, dist, heading = compare_heading(workdir)
+            print(f"heading agreement: {only_one} images matched by one side only, {other} matched to another segment "
+                  f"(their scores differ by at most {gap:.1e} m); "
                   f"largest distance difference {dist:.2e} m, heading {heading:.2e} deg")
             print(f"heading ratio: match_images.sql uses {geo['cpu'] / pipe['cpu']:.2f}x less CPU than geopandas "
                   f"sjoin_nearest (goal >= 5x), {peer['cpu'] / pipe['cpu']:.2f}x less than the shapely heading peer; "
