@@ -21,12 +21,12 @@ per_attribute AS (
     FROM labelled GROUP BY ALL
 ),
 dominant AS (
-    SELECT segment_id, attribute, capture_year, label, n,
-           map(list(label ORDER BY label) OVER w, list(n ORDER BY label) OVER w) AS label_counts
-    FROM per_label
-    WINDOW w AS (PARTITION BY segment_id, attribute, capture_year
-                 ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
-    QUALIFY row_number() OVER (PARTITION BY segment_id, attribute, capture_year ORDER BY n DESC, label) = 1
+    -- one hash aggregate per segment and attribute: the label with most images (ties: the
+    -- alphabetically first), its count and all counts as a map ordered by label
+    SELECT segment_id, attribute, capture_year,
+           arg_min(label, struct_pack(neg_n := -n, label := label)) AS label, max(n) AS n,
+           map(list(label ORDER BY label), list(n ORDER BY label)) AS label_counts
+    FROM per_label GROUP BY ALL
 ),
 shares AS (
     SELECT a.*, d.label, d.label_counts, d.n / a.n_images AS share
