@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from contracts.files import write_atomic
 from contracts.errors import CityAuditError
 from classify.backbone import Backbone, require_patch_tokens
 from classify.heads import zero_shot_heads
@@ -42,13 +42,6 @@ class CheckpointError(CityAuditError, ValueError):
 def _sha256_file(path: Path) -> str:
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def write_atomic(path: Path, write) -> None:
-    """Call ``write(tmp)`` on a hidden sibling of ``path``, then rename it onto ``path``."""
-    partial = path.with_name(f".{path.name}.partial")
-    write(partial)
-    os.replace(partial, path)
 
 
 def backbone_identity(backbone: Backbone) -> dict:

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from classify.backbone import Backbone, ImageFeatures
-from classify.checkpoints import write_atomic
+from contracts.files import write_atomic
 from classify.labels import file_digest
 from classify.predict import image_batches
 

@@ -21,6 +21,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from contracts.files import write_atomic
+
 TEXT_CACHE_ENV = "CITY_AUDIT_TEXT_CACHE"
 
 
@@ -62,9 +64,8 @@ def cached_encode(backbone, texts: list[str], encode: Callable[[list[str]], torc
     embeddings = encode(texts)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        save_file({"embeddings": embeddings.detach().float().cpu().contiguous()}, str(partial))
-        os.replace(partial, path)
+        tensors = {"embeddings": embeddings.detach().float().cpu().contiguous()}
+        write_atomic(path, lambda partial: save_file(tensors, str(partial)))
     except OSError:
         pass  # a read-only cache folder only costs the re-encode
     return embeddings

@@ -10,10 +10,11 @@ from typing import Callable
 def partial_path(path: str | os.PathLike) -> Path:
     """The temporary name a file is written under before it is renamed into place.
 
-    The suffix is kept (``.x.partial.gpkg``) because some writers (GDAL) choose the format by it.
+    Hidden, unique to the writing process (two processes writing one file never share it), and
+    with the suffix kept (``.x.<pid>.partial.gpkg``) because some writers (GDAL) choose the format by it.
     """
     path = Path(path)
-    return path.with_name(f".{path.stem}.partial{path.suffix}")
+    return path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:

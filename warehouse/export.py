@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
+from contracts.files import write_atomic
 from warehouse.db import sql
 
 SEGMENT_GROUP = ("label", "share", "share_ci_low", "share_ci_high", "mean_confidence", "label_counts")
@@ -37,13 +38,11 @@ def write_geoparquet(frame: gpd.GeoDataFrame, path: str | os.PathLike, row_group
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
     if len(frame) > 1:
         frame = frame.iloc[np.argsort(frame.hilbert_distance().to_numpy(), kind="stable")]
-    frame.to_parquet(partial, index=False, schema_version="1.1.0", write_covering_bbox=True, compression="zstd",
-                     row_group_size=row_group_size)
-    os.replace(partial, path)
-    return path
+    return write_atomic(path, lambda partial: frame.to_parquet(
+        partial, index=False, schema_version="1.1.0", write_covering_bbox=True, compression="zstd",
+        row_group_size=row_group_size))
 
 
 #: GeoPackage version written: 1.2 opens without a warning in QGIS 3.22 / GDAL 3.6 (1.4 does not).
@@ -57,16 +56,14 @@ def write_geopackage(layers: dict[str, gpd.GeoDataFrame], path: str | os.PathLik
     ``metadata`` (e.g. ``{"ATTRIBUTION": ...}``) is stored as dataset metadata (GDAL's
     ``gpkg_metadata`` tables; ``ogrinfo`` and QGIS show it).
     """
-    path = Path(path)
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # GDAL wants the .gpkg extension
-    partial.unlink(missing_ok=True)
-    for number, (name, frame) in enumerate(layers.items()):
-        options = {"dataset_options": {"VERSION": GEOPACKAGE_VERSION}} if number == 0 else {}
-        if number == 0 and metadata:
-            options["dataset_metadata"] = dict(metadata)
-        frame.to_file(partial, layer=name, driver="GPKG", engine="pyogrio", **options)
-    os.replace(partial, path)
-    return path
+    def write(partial: Path) -> None:
+        for number, (name, frame) in enumerate(layers.items()):
+            options = {"dataset_options": {"VERSION": GEOPACKAGE_VERSION}} if number == 0 else {}
+            if number == 0 and metadata:
+                options["dataset_metadata"] = dict(metadata)
+            frame.to_file(partial, layer=name, driver="GPKG", engine="pyogrio", **options)
+
+    return write_atomic(path, write)
 
 
 def _wide(long: pd.DataFrame, keys: list[str], group: Sequence[str], attributes: Sequence[str]) -> pd.DataFrame:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
+from contracts.files import write_text_atomic
 from contracts.notices import UNTRAINED_NOTE
 from warehouse.styles import NO_DATA_COLOUR, class_colours
 
@@ -160,7 +161,4 @@ def write_map_html(segments: gpd.GeoDataFrame, images: gpd.GeoDataFrame, path: s
                    "<code>report.md</code> and <code>run.json</code> say why (bbox, source, failures).",
         data=payload, leaflet_js=(VENDOR / "leaflet.js").read_text(encoding="utf-8"),
         script=SCRIPT.read_text(encoding="utf-8"))
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    partial.write_text(page, encoding="utf-8")
-    os.replace(partial, path)
-    return path
+    return write_text_atomic(path, page)

@@ -24,6 +24,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar  # noqa: E402
 
+from contracts.files import write_atomic
 from contracts.notices import UNTRAINED_NOTE
 from warehouse.attribution import credit_text  # noqa: E402
 from warehouse.map_html import write_map_html  # noqa: E402,F401  (re-exported: publish and older callers)
@@ -129,9 +130,8 @@ def write_map_png(segments: gpd.GeoDataFrame, images: gpd.GeoDataFrame, path: st
     credit = credit_text(attribution) or "roads © OpenStreetMap contributors"
     fig.text(0.5, 0.005, credit, ha="center", va="bottom", fontsize=7, wrap=True)
     fig.tight_layout(rect=(0, 0.03, 1, 0.95))
-    path = Path(path)
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    fig.savefig(partial, format="png", metadata={"Copyright": credit, "Title": heading.replace("\n", " ")})
-    plt.close(fig)
-    os.replace(partial, path)
-    return path
+    try:
+        return write_atomic(path, lambda partial: fig.savefig(
+            partial, format="png", metadata={"Copyright": credit, "Title": heading.replace("\n", " ")}))
+    finally:
+        plt.close(fig)

@@ -32,6 +32,7 @@ import shapely
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
 
+from contracts.files import write_atomic
 from contracts.errors import CityAuditError
 from warehouse.defaults import DEFAULT_CELL_SIZE_M
 
@@ -100,20 +101,21 @@ def write_coverage_raster(con: duckdb.DuckDBPyConnection, path: str | os.PathLik
                           all_touched=True, fill=0, default_value=1, dtype="uint8").astype(bool)
     bands[0][bands[0] == 0] = np.nan
     path = Path(path)
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     profile = dict(driver="GTiff", width=width, height=height, count=len(names), dtype="float32", crs=metric_crs,
                    transform=transform, nodata=float("nan"), compress="deflate")
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(partial, "w", **profile) as dst:
-        dst.write(bands.astype(np.float32))
-        dst.write_mask(np.where(area, 255, 0).astype(np.uint8))
-        dst.update_tags(cell_size_m=f"{cell_size_m:g}", bands=";".join(names),
-                        description="image_count and per-class shares of predicted labels per cell; "
-                                    "mask 0 = outside the area, NaN inside = road cell without images")
-        for number, name in enumerate(names, start=1):
-            dst.set_band_description(number, name)
-            attribute, _, cls = name.partition("=")
-            dst.update_tags(number, attribute=attribute if cls else "", **({"class": cls} if cls else {}))
-    os.replace(partial, path)
+    def write(partial: Path) -> None:
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(partial, "w", **profile) as dst:
+            dst.write(bands.astype(np.float32))
+            dst.write_mask(np.where(area, 255, 0).astype(np.uint8))
+            dst.update_tags(cell_size_m=f"{cell_size_m:g}", bands=";".join(names),
+                            description="image_count and per-class shares of predicted labels per cell; "
+                                        "mask 0 = outside the area, NaN inside = road cell without images")
+            for number, name in enumerate(names, start=1):
+                dst.set_band_description(number, name)
+                attribute, _, cls = name.partition("=")
+                dst.update_tags(number, attribute=attribute if cls else "", **({"class": cls} if cls else {}))
+
+    write_atomic(path, write)
     write_coverage_style(path.with_suffix(".qml"), float(np.nanmax(bands[0])) if area.any() and np.isfinite(bands[0]).any() else 1.0)
     return path
 

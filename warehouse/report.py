@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 
 import duckdb
 
+from contracts.files import write_text_atomic
 from contracts.notices import UNTRAINED_NOTE
 from warehouse.db import sql
 
@@ -88,8 +89,4 @@ def write_report(con: duckdb.DuckDBPyConnection, path: str | os.PathLike, *, run
     if attribution:
         lines += ["## Credits", "", "Keep these lines with anything you publish from this run:", ""]
         lines += [f"- {line}" for line in attribution] + [""]
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(partial, path)
-    return path
+    return write_text_atomic(path, "\n".join(lines))

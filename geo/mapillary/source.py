@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
 import pyarrow as pa
 
+from contracts.files import write_text_atomic
 from contracts.results import ImageCollection, UnitDiscovery
 from contracts.tables import FAILURE_COLUMNS, IMAGES, conform, failures_frame
 from geo.bbox import BBox
@@ -79,10 +79,9 @@ class MapillarySource:
         removed = remove_partials(store)
         if removed:
             log.info("removed %d unfinished downloads of an interrupted run", removed)
-        partial = store / f".ATTRIBUTION.txt.{os.getpid()}.partial"
-        partial.write_text(f"{ATTRIBUTION}\nLicence: https://creativecommons.org/licenses/by-sa/4.0/\n"
-                           "Each image is by its Mapillary contributor; image ids are the file names.\n")
-        os.replace(partial, store / "ATTRIBUTION.txt")
+        write_text_atomic(store / "ATTRIBUTION.txt",
+                          f"{ATTRIBUTION}\nLicence: https://creativecommons.org/licenses/by-sa/4.0/\n"
+                          "Each image is by its Mapillary contributor; image ids are the file names.\n")
         return store
 
     # 1. discovery ------------------------------------------------------------------------------
