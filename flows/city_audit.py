@@ -44,15 +44,16 @@ def city_audit(bbox: str | list[float], area: AreaConfig = AreaConfig(), imagery
                    if config.adaptation.adapt else None)
         classified = classify_images(collection, folder, backbone, config.model,
                                      adapted["heads"] if adapted else config.model.heads)
+        failures = run_failures(collection, classified)
         with staged(folder):  # the previous outputs stay as they are until these are complete
-            counts = build_audit_database(folder, place, collection, segments, classified, config.matching,
+            counts = build_audit_database(folder, place, collection, segments, classified, failures, config.matching,
                                           config.outputs)
             credits = run_attribution(collection.attribution,
                                       road_source_for(config.roads.roads).attribution(config.roads.roads))
             published = publish_outputs(folder, place, classified.model["trained"], credits, config.matching,
                                         config.outputs)
             return finish_run(folder, parameters=config.parameters(), model=classified.model, adaptation=adapted,
-                              counts=counts, failures=run_failures(collection, classified),
+                              counts=counts, failures=failures,
                               predictions_reused=classified.reused, outputs=published, timings_s=timings_s,
                               credits=credits, ingest=collection.counts)
 

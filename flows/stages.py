@@ -8,10 +8,10 @@ around each call.
 from __future__ import annotations
 
 import functools
-from dataclasses import replace
 import time
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import replace
 from typing import Iterator
 
 import geopandas as gpd
@@ -24,8 +24,8 @@ import geo.roads
 from classify.backbone import Backbone
 from classify.schema import ATTRIBUTES
 from classify.stage import ClassificationResult, classify_image_store
-from contracts.results import ImageCollection, RunFolder
 from contracts.notices import untrained_warning
+from contracts.results import ImageCollection, RunFolder
 from contracts.tables import failures_frame
 from flows.collect import collect_by_unit
 from flows.config import AdaptationConfig, ImageryConfig, MatchingConfig, ModelConfig, OutputsConfig, RoadsConfig
@@ -84,7 +84,7 @@ def collect_images(area: BBox, imagery: ImageryConfig, folder: RunFolder) -> Ima
 @stage("load road segments")
 def load_road_segments(area: BBox, roads: RoadsConfig) -> gpd.GeoDataFrame:
     return geo.roads.load_road_segments(area, roads.roads, road_classes=roads.road_classes,
-                              max_segment_length_m=roads.max_segment_length_m)
+                                        max_segment_length_m=roads.max_segment_length_m)
 
 
 @stage("load backbone")
@@ -117,9 +117,10 @@ def classify_images(collection: ImageCollection, folder: RunFolder, backbone: Ba
 
 @stage("build audit database")
 def build_audit_database(folder: RunFolder, area: BBox, collection: ImageCollection, segments: gpd.GeoDataFrame,
-                   classified: ClassificationResult, matching: MatchingConfig, outputs: OutputsConfig) -> AuditCounts:
+                         classified: ClassificationResult, failures: pd.DataFrame, matching: MatchingConfig,
+                         outputs: OutputsConfig) -> AuditCounts:
     return build_run_database(folder, images=collection.images, segments=segments, predictions=classified.predictions,
-                              failures=run_failures(collection, classified), metric_crs=area.utm_crs(), max_distance_m=matching.max_distance_m,
+                              failures=failures, metric_crs=area.utm_crs(), max_distance_m=matching.max_distance_m,
                               heading_penalty_m=matching.heading_penalty_m, slice_by_year=outputs.by_year)
 
 

@@ -175,6 +175,7 @@ def check_sample_overlap(bbox: list[float] | tuple[float, ...], what: str) -> No
     s_min_lon, s_min_lat, s_max_lon, s_max_lat = SAMPLE_EXTENT
     if max_lon < s_min_lon or min_lon > s_max_lon or max_lat < s_min_lat or min_lat > s_max_lat:
         extent = ",".join(f"{v:g}" for v in SAMPLE_EXTENT)
-        raise ImagerySourceError(
+        error = RoadSourceError if what == "roads" else ImagerySourceError
+        raise error(
             f"the bundled sample {what} cover only {extent} (Stuttgart-West), and this bbox lies outside it: "
             f"choose a bbox that overlaps it, or other sources (--source folder|mapillary, --roads FILE)")

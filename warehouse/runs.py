@@ -1,4 +1,4 @@
-"""The end of a run: its database moved into place, its attribution, its summary and ``run.json``."""
+"""The end of a run: its database built and moved into place, its summary, ``run.json`` and the swap of its outputs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from contracts.results import RunFolder
 from warehouse.build import AuditCounts, build_audit_database
 from warehouse.manifest import write_manifest
 from warehouse.outputs import swap_in, verify_database
-
 
 
 def build_run_database(folder: RunFolder, *, images: pd.DataFrame, segments: gpd.GeoDataFrame,
