@@ -15,8 +15,9 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from contracts.results import RunFolder
-from flows.config import (AdaptationConfig, AreaConfig, ImageryConfig, MatchingConfig, ModelConfig, OutputsConfig,
-                          RoadsConfig, build_config, run_config)
+from flows.config import (AdaptationConfig, AreaConfig, ExecutionConfig, ImageryConfig, MatchingConfig, ModelConfig,
+                          OutputsConfig, RoadsConfig, build_config, run_config)
+from flows.execution import SwitchableTaskRunner, task_runner_for
 from flows.stages import (adapt_to_city, build_audit_database, classify_images, collect_images, load_backbone,
                           load_road_segments, publish_outputs, run_failures, timings)
 from geo.bbox import BBox
@@ -26,24 +27,25 @@ from warehouse.attribution import run_attribution
 from warehouse.runs import finish_run
 
 
-@flow(name="city-audit", log_prints=True)
+@flow(name="city-audit", log_prints=True, task_runner=SwitchableTaskRunner())
 def city_audit(bbox: str | list[float], area: AreaConfig = AreaConfig(), imagery: ImageryConfig = ImageryConfig(),
                roads: RoadsConfig = RoadsConfig(), model: ModelConfig = ModelConfig(),
                adaptation: AdaptationConfig = AdaptationConfig(), matching: MatchingConfig = MatchingConfig(),
-               outputs: OutputsConfig = OutputsConfig()) -> dict:
+               outputs: OutputsConfig = OutputsConfig(), execution: ExecutionConfig = ExecutionConfig()) -> dict:
     """Audit the streets in ``bbox``; the parameters are documented field by field in ``flows.config``."""
     config = build_config(dict(bbox=bbox, area=area, imagery=imagery, roads=roads, model=model, adaptation=adaptation,
-                               matching=matching, outputs=outputs), flag_names=False)
+                               matching=matching, outputs=outputs, execution=execution), flag_names=False)
     place = BBox(*config.bbox)
     with claim(config.out_dir, config.outputs.force) as out, timings() as timings_s:
         folder = RunFolder(out, str(flow_run.id or uuid.uuid4()))
-        collection = collect_images(place, config.imagery, folder)
-        segments = load_road_segments(place, config.roads)
-        backbone = load_backbone(config.model)
-        adapted = (adapt_to_city(collection, folder, config.adaptation, backbone, config.model.heads)
-                   if config.adaptation.adapt else None)
-        classified = classify_images(collection, folder, backbone, config.model,
-                                     adapted["heads"] if adapted else config.model.heads)
+        with task_runner_for(config.execution):  # collection units and classification chunks: here or on Dask
+            collection = collect_images(place, config.imagery, folder)
+            segments = load_road_segments(place, config.roads)
+            backbone = load_backbone(config.model)
+            adapted = (adapt_to_city(collection, folder, config.adaptation, backbone, config.model.heads)
+                       if config.adaptation.adapt else None)
+            classified = classify_images(collection, folder, backbone, config.model,
+                                         adapted["heads"] if adapted else config.model.heads, config.execution)
         failures = run_failures(collection, classified)
         with staged(folder):  # the previous outputs stay as they are until these are complete
             counts = build_audit_database(folder, place, collection, segments, classified, failures, config.matching,
@@ -54,7 +56,8 @@ def city_audit(bbox: str | list[float], area: AreaConfig = AreaConfig(), imagery
                                         config.outputs)
             return finish_run(folder, parameters=config.parameters(), model=classified.model, adaptation=adapted,
                               counts=counts, failures=failures,
-                              predictions_reused=classified.reused, outputs=published, timings_s=timings_s,
+                              predictions_reused=classified.reused_images, chunks=len(classified.chunks),
+                              chunks_reused=classified.reused_chunks, outputs=published, timings_s=timings_s,
                               credits=credits, ingest=collection.counts)
 
 

@@ -1,6 +1,6 @@
 """The typed run configuration: the one definition of a city-audit run's parameters.
 
-``RunConfig`` groups them (area, imagery, roads, model, adaptation, matching, outputs) with
+``RunConfig`` groups them (area, imagery, roads, model, adaptation, matching, outputs, execution) with
 ``bbox`` at the top. The ``city-audit run`` options are generated from these fields (same
 names, defaults and help: ``flows.cli_options``), the ``city-audit`` flow takes the groups as
 its parameters (Prefect renders them as a form and validates ``--param``), and ``run.json``
@@ -186,10 +186,40 @@ class OutputsConfig(Group):
         return out
 
 
+DEFAULT_CHUNK_IMAGES = 2048  # = classify.stage.DEFAULT_CHUNK_IMAGES (why 2048: see there)
+DEFAULT_DASK_WORKERS = 2
+
+
+class ExecutionConfig(Group):
+    """Where the work runs and in which units: the classification chunks, and the task runner."""
+
+    chunk_images: int = option(DEFAULT_CHUNK_IMAGES, "images per classification chunk: one Parquet file and one "
+                               f"task each, the unit a rerun resumes from (default: {DEFAULT_CHUNK_IMAGES})", ge=1)
+    task_runner: Literal["local", "dask"] = option(
+        "local", "local: this process (default); dask: the collection units and classification chunks run on a Dask "
+                 "cluster (every worker must see --out; README 'Scaling out')")
+    dask_address: str | None = option(None, "for --task-runner dask: the scheduler of an existing cluster, e.g. "
+                                            "tcp://host:8786 (default: start a LocalCluster)")
+    dask_workers: int = option(DEFAULT_DASK_WORKERS, "for --task-runner dask without --dask-address: worker processes "
+                               f"of the LocalCluster (default: {DEFAULT_DASK_WORKERS})", ge=1)
+
+    @field_validator("dask_address")
+    @classmethod
+    def _address_for_dask(cls, address: str | None, info: ValidationInfo) -> str | None:
+        if address is None:
+            return None
+        if info.data.get("task_runner") != "dask":
+            raise ValueError("a scheduler address needs --task-runner dask")
+        if "://" not in address:
+            raise ValueError(f"not a Dask scheduler address {address!r}; write it as tcp://host:8786")
+        return address
+
+
 #: The groups of ``RunConfig`` in pipeline order: also the flow's parameters after ``bbox``.
 GROUPS: dict[str, type[Group]] = {
     "area": AreaConfig, "imagery": ImageryConfig, "roads": RoadsConfig, "model": ModelConfig,
     "adaptation": AdaptationConfig, "matching": MatchingConfig, "outputs": OutputsConfig,
+    "execution": ExecutionConfig,
 }
 
 
@@ -206,6 +236,7 @@ class RunConfig(BaseModel):
     adaptation: AdaptationConfig = AdaptationConfig()
     matching: MatchingConfig = MatchingConfig()
     outputs: OutputsConfig = OutputsConfig()
+    execution: ExecutionConfig = ExecutionConfig()
 
     @field_validator("bbox", mode="before")
     @classmethod

@@ -16,19 +16,23 @@ from typing import Iterator
 
 import geopandas as gpd
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
 import classify.backbone
 import geo.roads
 from classify.backbone import Backbone
 from classify.schema import ATTRIBUTES
-from classify.stage import ClassificationResult, classify_image_store
+from classify.checkpoints import serving_heads
+from classify.stage import (ChunkFiles, ChunkPlan, ClassificationResult, classify_chunk, model_ids_of, model_info,
+                            plan_chunks, process_models, remove_stale_chunks)
 from contracts.notices import untrained_warning
 from contracts.results import ImageCollection, RunFolder
 from contracts.tables import failures_frame
 from flows.collect import collect_by_unit
-from flows.config import AdaptationConfig, ImageryConfig, MatchingConfig, ModelConfig, OutputsConfig, RoadsConfig
+from flows.config import (AdaptationConfig, ExecutionConfig, ImageryConfig, MatchingConfig, ModelConfig, OutputsConfig,
+                          RoadsConfig)
+from flows.execution import on_cluster
 from geo.bbox import BBox
 from geo.imagery import make_source
 from warehouse.build import AuditCounts
@@ -107,19 +111,53 @@ def adapt_to_city(collection: ImageCollection, folder: RunFolder, adaptation: Ad
                              progress=False)
 
 
+#: A chunk whose worker died (or failed for a passing reason) is run again: its files are written atomically,
+#: so a rerun neither loses nor duplicates a prediction.
+CHUNK_RETRIES = 2
+
+
+@task(name="classify chunk", cache_policy=NO_CACHE, retries=CHUNK_RETRIES, task_run_name="classify chunk {plan.index}")
+def classify_chunk_task(plan: ChunkPlan, model: ModelConfig, heads: str | None, loaded: tuple | None = None) -> ChunkFiles:
+    """One chunk of images classified into its Parquet files (reused when complete).
+
+    ``loaded``: the run's (backbone, heads) when the chunk runs in the flow's process; on a Dask
+    worker the backbone is loaded once per worker process (``classify.stage.process_models``).
+    """
+    backbone, built = loaded or process_models(model.model, model.weights, model.device, heads)
+    return classify_chunk(plan, backbone, built, batch_size=model.batch_size, feature_cache=model.feature_cache,
+                          device_decode=model.gpu_decode, progress=False)
+
+
 @stage("classify images")
 def classify_images(collection: ImageCollection, folder: RunFolder, backbone: Backbone, model: ModelConfig,
-                    heads: str | None) -> ClassificationResult:
-    return classify_image_store(collection.images, folder.store, backbone=backbone, batch_size=model.batch_size,
-                                cache_dir=folder.work, heads=heads, feature_cache=model.feature_cache,
-                                device_decode=model.gpu_decode)
+                    heads: str | None, execution: ExecutionConfig = ExecutionConfig()) -> ClassificationResult:
+    """Every image classified in chunks of ``execution.chunk_images``: one after another in this process, or
+    one task per chunk on the Dask cluster; returns the chunk files, in chunk order."""
+    logger = get_run_logger()
+    built = serving_heads(backbone, heads)
+    plans = plan_chunks(collection.images, folder.store, model_ids_of(backbone, built), folder.work,
+                        execution.chunk_images)
+    todo = sum(not p.is_complete() for p in plans)
+    logger.info("classification: %d chunk(s) of up to %d images, %d to classify, %d complete from an earlier run",
+                len(plans), execution.chunk_images, todo, len(plans) - todo)
+    if on_cluster():
+        chunks = [f.result() for f in classify_chunk_task.map(plans, unmapped(model), unmapped(heads))]
+    else:
+        chunks = []
+        for plan in plans:
+            chunks.append(classify_chunk_task(plan, model, heads, loaded=(backbone, built)))
+            if not chunks[-1].reused:
+                logger.info("classification: chunk %d of %d done", plan.index + 1, len(plans))
+    remove_stale_chunks(plans)
+    return ClassificationResult(chunks, model_info(backbone, built))
 
 
 @stage("build audit database")
 def build_audit_database(folder: RunFolder, area: BBox, collection: ImageCollection, segments: gpd.GeoDataFrame,
                          classified: ClassificationResult, failures: pd.DataFrame, matching: MatchingConfig,
                          outputs: OutputsConfig) -> AuditCounts:
-    return build_run_database(folder, images=collection.images, segments=segments, predictions=classified.predictions,
+    return build_run_database(folder, images=collection.images, segments=segments,
+                              predictions=[str(p) for p in classified.prediction_files],
                               failures=failures, metric_crs=area.utm_crs(), max_distance_m=matching.max_distance_m,
                               heading_penalty_m=matching.heading_penalty_m, slice_by_year=outputs.by_year)
 
@@ -135,5 +173,5 @@ def publish_outputs(folder: RunFolder, area: BBox, model_trained: bool, credits:
 
 def run_failures(collection: ImageCollection, classified: ClassificationResult) -> pd.DataFrame:
     """Every failure of the run: collection's, then classification's."""
-    parts = [f for f in (collection.failures, classified.failures) if len(f)]
+    parts = [f for f in (collection.failures, classified.failures()) if len(f)]
     return pd.concat(parts, ignore_index=True) if parts else failures_frame()

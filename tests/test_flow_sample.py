@@ -102,7 +102,7 @@ def test_a_rerun_reuses_finished_work(sample_run, prefect_harness):
     out = Path(sample_run["out"])
     before = gpd.read_parquet(out / "images.parquet")
     again = audit(bbox=SAMPLE_BBOX, source="sample", model="tiny", out=str(out), device="cpu")
-    assert again["predictions_reused"] is True
+    assert again["predictions_reused"] == 19 and again["classification_chunks_reused"] == again["classification_chunks"] == 1
     after = gpd.read_parquet(out / "images.parquet")
     pd.testing.assert_frame_equal(before.drop(columns="geometry"), after.drop(columns="geometry"))
     assert not list(out.rglob("*.partial"))

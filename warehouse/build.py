@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import duckdb
 import geopandas as gpd
@@ -66,15 +67,26 @@ def _load_table(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table | pd.
     con.unregister("rows_in")
 
 
+def _load_predictions(con: duckdb.DuckDBPyConnection, predictions: pa.Table | Sequence[str | os.PathLike],
+                      run_id: str) -> None:
+    if isinstance(predictions, pa.Table):
+        _load_table(con, "predictions",
+                    predictions.append_column("run_id", pa.array([run_id] * predictions.num_rows, pa.string())))
+    elif len(predictions):
+        con.execute(sql("load_predictions"), {"files": [str(p) for p in predictions], "run_id": run_id})
+
+
 def build_audit_database(database: str | os.PathLike, *, images: pd.DataFrame, segments: gpd.GeoDataFrame,
-                         predictions: pa.Table, failures: pd.DataFrame, run_id: str, metric_crs: str,
+                         predictions: pa.Table | Sequence[str | os.PathLike], failures: pd.DataFrame, run_id: str,
+                         metric_crs: str,
                          max_distance_m: float = DEFAULT_MAX_DISTANCE_M,
                          heading_penalty_m: float = DEFAULT_HEADING_PENALTY_M,
                          bearing_window_m: float = DEFAULT_BEARING_WINDOW_M,
                          slice_by_year: bool = False) -> AuditCounts:
     """Create ``database`` from scratch and fill it; returns row counts for the run manifest.
 
-    ``predictions`` follows the predictions contract without ``run_id`` (added here);
+    ``predictions``: the predictions contract without ``run_id`` (added here), as a table or as the
+    classification stage's Parquet chunk files (read by DuckDB in one streaming scan);
     ``metric_crs`` is a projected CRS in metres (e.g. the bbox's UTM zone) used for distances.
     Matching: nearest segment within ``max_distance_m``, a segment across a camera's heading
     counting ``heading_penalty_m`` further away (``sql/match_images.sql``); images left over get
@@ -87,7 +99,7 @@ def build_audit_database(database: str | os.PathLike, *, images: pd.DataFrame, s
         con.execute(ddl())
         _load_images(con, images)
         _load_segments(con, segments)
-        _load_table(con, "predictions", predictions.append_column("run_id", pa.array([run_id] * predictions.num_rows, pa.string())))
+        _load_predictions(con, predictions, run_id)
         _load_table(con, "failures", failures)
         con.execute(sql("match_images"), {"metric_crs": metric_crs, "max_distance_m": max_distance_m,
                                           "heading_penalty_m": heading_penalty_m, "bearing_window_m": bearing_window_m})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import geopandas as gpd
 import pandas as pd
@@ -17,9 +17,12 @@ from warehouse.outputs import swap_in, verify_database
 
 
 def build_run_database(folder: RunFolder, *, images: pd.DataFrame, segments: gpd.GeoDataFrame,
-                       predictions: pa.Table, failures: pd.DataFrame, metric_crs: str, max_distance_m: float,
-                       heading_penalty_m: float, slice_by_year: bool) -> AuditCounts:
-    """Build the run's ``audit.duckdb`` in its staging folder (moved into place once complete); returns the row counts."""
+                       predictions: pa.Table | Sequence[str | os.PathLike], failures: pd.DataFrame, metric_crs: str,
+                       max_distance_m: float, heading_penalty_m: float, slice_by_year: bool) -> AuditCounts:
+    """Build the run's ``audit.duckdb`` in its staging folder (moved into place once complete); returns the row counts.
+
+    ``predictions``: the classification stage's Parquet chunk files (or a table of the predictions contract).
+    """
     partial = folder.staging / ".audit.duckdb.partial"
     counts = build_audit_database(partial, images=images, segments=segments, predictions=predictions,
                                   failures=failures, run_id=folder.run_id, metric_crs=metric_crs,
@@ -31,10 +34,15 @@ def build_run_database(folder: RunFolder, *, images: pd.DataFrame, segments: gpd
 
 def finish_run(folder: RunFolder, *, parameters: Mapping[str, Any], model: Mapping[str, Any],
                adaptation: Mapping[str, Any] | None, counts: AuditCounts, failures: pd.DataFrame,
-               predictions_reused: bool, outputs: Mapping[str, str], timings_s: Mapping[str, float],
-               credits: list[str], ingest: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               predictions_reused: int, outputs: Mapping[str, str], timings_s: Mapping[str, float],
+               credits: list[str], ingest: Mapping[str, Any] | None = None, chunks: int = 0,
+               chunks_reused: int = 0) -> dict[str, Any]:
     """Write ``run.json``, check the outputs and swap them in as a whole; returns the run summary (counts,
-    outputs, what was adapted). ``outputs`` are the published files, in the staging folder."""
+    outputs, what was adapted). ``outputs`` are the published files, in the staging folder.
+
+    ``predictions_reused``: images whose predictions came from complete chunk files of an earlier
+    run; ``chunks`` / ``chunks_reused``: classification chunks in all / reused (both go into
+    ``run.json``'s counts)."""
     verify_database(folder.database, counts.images, counts.segments)
     summary = {
         "run_id": folder.run_id,
@@ -46,7 +54,9 @@ def finish_run(folder: RunFolder, *, parameters: Mapping[str, Any], model: Mappi
         "segments_with_predictions": counts.segments_with_images,
         "predictions": counts.predictions,
         "failures": len(failures),
-        "predictions_reused": predictions_reused,
+        "predictions_reused": int(predictions_reused),
+        "classification_chunks": int(chunks),
+        "classification_chunks_reused": int(chunks_reused),
         "adapted": adaptation,
     }
     final = {name: str(folder.out / Path(path).relative_to(folder.staging)) for name, path in outputs.items()}
