@@ -200,11 +200,12 @@ def classify_chunk(plan: ChunkPlan, backbone: Backbone, heads: Mapping, *, batch
 
 
 def remove_stale_chunks(plans: list[ChunkPlan]) -> int:
-    """Delete chunk files in the plans' folders that no plan names (images changed or were re-chunked); returns how many."""
+    """Delete chunk files in the plans' folders that no plan names (images changed or were re-chunked), and
+    half-written ones a killed writer left; call it once every chunk is complete. Returns how many."""
     keep = {p for plan in plans for p in (plan.predictions, plan.failures)}
     removed = 0
     for directory in {plan.directory for plan in plans}:
-        for path in directory.glob("chunk-*.parquet"):
+        for path in [*directory.glob("chunk-*.parquet"), *directory.glob(".chunk-*.partial.parquet")]:
             if path not in keep:
                 path.unlink(missing_ok=True)
                 removed += 1
