@@ -94,6 +94,7 @@ def task_runner_for(execution) -> Iterator[bool]:
     if not isinstance(runner, SwitchableTaskRunner):
         raise RuntimeError("--task-runner dask needs the city-audit flow's SwitchableTaskRunner")
     import dask
+    import distributed  # noqa: F401 - its config defaults must be in place before they are overridden
 
     with dask.config.set(NON_DAEMON_WORKERS), runner.use(dask_runner(execution.dask_address, execution.dask_workers)):
         yield True

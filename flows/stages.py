@@ -128,28 +128,36 @@ def classify_chunk_task(plan: ChunkPlan, model: ModelConfig, heads: str | None, 
                           device_decode=model.gpu_decode, progress=False)
 
 
-@stage("classify images")
 def classify_images(collection: ImageCollection, folder: RunFolder, backbone: Backbone, model: ModelConfig,
                     heads: str | None, execution: ExecutionConfig = ExecutionConfig()) -> ClassificationResult:
     """Every image classified in chunks of ``execution.chunk_images``: one after another in this process, or
-    one task per chunk on the Dask cluster; returns the chunk files, in chunk order."""
-    logger = get_run_logger()
-    built = serving_heads(backbone, heads)
-    plans = plan_chunks(collection.images, folder.store, model_ids_of(backbone, built), folder.work,
-                        execution.chunk_images)
-    todo = sum(not p.is_complete() for p in plans)
-    logger.info("classification: %d chunk(s) of up to %d images, %d to classify, %d complete from an earlier run",
-                len(plans), execution.chunk_images, todo, len(plans) - todo)
-    if on_cluster():
-        chunks = [f.result() for f in classify_chunk_task.map(plans, unmapped(model), unmapped(heads))]
-    else:
-        chunks = []
-        for plan in plans:
-            chunks.append(classify_chunk_task(plan, model, heads, loaded=(backbone, built)))
-            if not chunks[-1].reused:
-                logger.info("classification: chunk %d of %d done", plan.index + 1, len(plans))
-    remove_stale_chunks(plans)
-    return ClassificationResult(chunks, model_info(backbone, built))
+    one task per chunk on the Dask cluster; returns the chunk files, in chunk order.
+
+    Not a task itself but the flow's own step (its time still goes into ``timings()``): a task
+    submitted from inside another task carries that task's parameters (here the backbone and
+    the images table) to every worker, in every chunk's context.
+    """
+    start = time.perf_counter()
+    try:
+        logger = get_run_logger()
+        built = serving_heads(backbone, heads)
+        plans = plan_chunks(collection.images, folder.store, model_ids_of(backbone, built), folder.work,
+                            execution.chunk_images)
+        todo = sum(not p.is_complete() for p in plans)
+        logger.info("classification: %d chunk(s) of up to %d images, %d to classify, %d complete from an earlier run",
+                    len(plans), execution.chunk_images, todo, len(plans) - todo)
+        if on_cluster():
+            chunks = [f.result() for f in classify_chunk_task.map(plans, unmapped(model), unmapped(heads))]
+        else:
+            chunks = []
+            for plan in plans:
+                chunks.append(classify_chunk_task(plan, model, heads, loaded=(backbone, built)))
+                if not chunks[-1].reused:
+                    logger.info("classification: chunk %d of %d done", plan.index + 1, len(plans))
+        remove_stale_chunks(plans)
+        return ClassificationResult(chunks, model_info(backbone, built))
+    finally:
+        record_timing("classify_images", time.perf_counter() - start)
 
 
 @stage("build audit database")
