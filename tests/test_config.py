@@ -97,7 +97,7 @@ def test_cli_options_are_the_configuration_fields_with_their_help():
         action = by_flag[cli_flag(group, name)]
         assert action.dest == f"config.{name}" and action.help == field.description, name
     options = {a.dest for a in run._actions if a.dest.startswith("config.")}
-    assert options == {f"config.{name}" for _, name in fields} and len(fields) == 33
+    assert options == {f"config.{name}" for _, name in fields} and len(fields) == 35
 
 
 def test_the_configuration_records_typed_grouped_parameters():
