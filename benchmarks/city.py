@@ -313,6 +313,8 @@ def one_collection(n: int, work: Path, mode: str) -> dict:
     folder = collect_folder(work, n)
     store = work / f"store-{mode}"
     shutil.rmtree(store, ignore_errors=True)
+    if mode == "parts":
+        return collection_parts(folder)
     has_copy = "copy_images" in inspect.signature(make_source).parameters
     if has_copy == (mode == "legacy"):
         return {"mode": mode, "skipped": "not a mode of this checkout"}
@@ -325,6 +327,37 @@ def one_collection(n: int, work: Path, mode: str) -> dict:
     shutil.rmtree(store, ignore_errors=True)
     return {"mode": mode, "images": len(result.images), "wall_s": wall, "cpu_s": cpu,
             "ms_per_image": 1000 * wall / n, "copied_mb": copied / 2**20}
+
+
+def collection_parts(folder: Path, limit: int = 2000) -> dict:
+    """Where in-place collection's time goes, per image (ms), over up to ``limit`` files: reading the bytes, their
+    sha256, the draft decode (``geo.imagery.image_size``), and a full decode for comparison."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    from geo.imagery import image_size
+
+    files = sorted((folder / "img").glob("*.jpg"))[:limit]
+    timing = {}
+    start = time.perf_counter()
+    blobs = [f.read_bytes() for f in files]
+    timing["read"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for data in blobs:
+        hashlib.sha256(data).hexdigest()
+    timing["sha256"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for data in blobs:
+        image_size(data)
+    timing["draft decode"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for data in blobs:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    timing["full decode"] = time.perf_counter() - start
+    return {"mode": "parts", "files": len(files), **{k: 1000 * v / len(files) for k, v in timing.items()}}
 
 
 def run_collect(args) -> None:
@@ -347,6 +380,12 @@ def run_collect(args) -> None:
         results.setdefault(mode, []).append(row)
         print(f"  {mode:<9} {row['images']:,} images  {row['wall_s']:7.1f} s wall  {row['cpu_s']:7.1f} s CPU  "
               f"{row['ms_per_image']:6.2f} ms/image  {row['copied_mb']:7.0f} MB written", flush=True)
+    if "in-place" in results:
+        done = subprocess.run([sys.executable, __file__, "_collect", "--images", str(args.images), "--work", str(work),
+                               "--mode", "parts"], capture_output=True, text=True, env=_env())
+        parts = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"  per image over {parts['files']:,} warm files: " + ", ".join(
+            f"{k} {parts[k]:.2f} ms" for k in ("read", "sha256", "draft decode", "full decode")))
     if "in-place" in results and "copy" in results:
         best = min(r["ms_per_image"] for r in results["in-place"])
         print(f"copy / in place: {results['copy'][0]['ms_per_image'] / best:.2f}x per image")

@@ -22,6 +22,7 @@ import io
 import os
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +40,8 @@ from geo.sources import (IMAGERY_SOURCES, METADATA_NAMES, SAMPLE_AREA, ImagerySo
                          check_images_folder)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+#: Threads that read, hash and decode local files in place (PIL's decoder and hashlib release the GIL).
+CHECK_THREADS = min(4, os.cpu_count() or 1)
 
 
 class ImagerySource(Protocol):
@@ -330,25 +333,41 @@ def store_images(source: ImagerySource, candidates: pd.DataFrame, store: Path, *
         store.mkdir(parents=True, exist_ok=True)
     columns = [c for c in candidates.columns if c != "origin"]
     rows = candidates.to_dict("records") if not in_place else None
-    kept, paths, checks, stamps, failures = [], [], [], [], []
     ids, origins = candidates["image_id"].astype(str).tolist(), candidates["origin"].astype(str).tolist()
-    for i in tqdm(range(len(candidates)), desc=f"collecting {source.name} images", unit="img", disable=not progress):
+
+    def one(i: int) -> tuple[str, tuple[str, int, int], datetime]:
+        if in_place:
+            origin = Path(origins[i])
+            if not origin.is_file():
+                raise FileNotFoundError(f"{origin} is listed in the metadata table but does not exist")
+            return origins[i], read_checked(origin), datetime.now(timezone.utc)
+        name = _store_name(ids[i], origins[i])
+        return name, _copy_checked(source, rows[i], store / name), datetime.now(timezone.utc)
+
+    def attempt(i: int):
         try:
-            if in_place:
-                origin = Path(origins[i])
-                if not origin.is_file():
-                    raise FileNotFoundError(f"{origin} is listed in the metadata table but does not exist")
-                checks.append(read_checked(origin))
-                paths.append(origins[i])
-            else:
-                name = _store_name(ids[i], origins[i])
-                checks.append(_copy_checked(source, rows[i], store / name))
-                paths.append(name)
+            return one(i)
         except Exception as exc:  # noqa: BLE001 - recorded per image, the run goes on
-            failures.append((ids[i], "collect", f"{_kind(exc)}: {type(exc).__name__}: {exc}"))
-            continue
-        kept.append(i)
-        stamps.append(datetime.now(timezone.utc))
+            return exc
+
+    kept, paths, checks, stamps, failures = [], [], [], [], []
+    # reading, hashing and decoding release the GIL: local files are checked by a few threads, in order
+    workers = CHECK_THREADS if in_place and len(candidates) > 1 else 1
+    with ThreadPoolExecutor(workers) as pool:
+        def outcomes():  # in chunks: never a future per image of a whole city at once
+            for start in range(0, len(candidates), 1024):
+                chunk = range(start, min(len(candidates), start + 1024))
+                yield from (pool.map(attempt, chunk) if workers > 1 else map(attempt, chunk))
+
+        for i, outcome in enumerate(tqdm(outcomes(), total=len(candidates), desc=f"collecting {source.name} images",
+                                         unit="img", disable=not progress)):
+            if isinstance(outcome, Exception):
+                failures.append((ids[i], "collect", f"{_kind(outcome)}: {type(outcome).__name__}: {outcome}"))
+                continue
+            kept.append(i)
+            paths.append(outcome[0])
+            checks.append(outcome[1])
+            stamps.append(outcome[2])
     sha, width, height = (list(v) for v in zip(*checks)) if checks else ([], [], [])
     images = candidates.iloc[kept][columns].reset_index(drop=True).assign(
         path=paths, width=width, height=height, sha256=sha, fetched_at=pd.to_datetime(stamps, utc=True))

@@ -168,6 +168,9 @@ def test_only_tiles_and_search_boxes_touching_the_polygon_are_queried(tmp_path):
         z, x, y = (int(v) for v in name.split("/"))
         touches = area.intersects_box(*mercantile.bounds(mercantile.Tile(x, y, z)))
         assert (name in asked) == touches
+    from geo.mapillary.source import MapillarySource
+
+    assert MapillarySource().work_units(area) == asked  # the flow maps one task per tile: only these are asked
     boxes = split_box(area.bbox, 0.005)
     kept = in_area(boxes, area)
     assert 0 < len(kept) < len(boxes) and all(area.intersects_box(*b.as_list()) for b in kept)
