@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +20,12 @@ class RunFolder:
 
     @property
     def store(self) -> Path:
-        """The image store: one file per collected image."""
+        """The image store: one file per copied image (images read in place have absolute paths elsewhere)."""
         return self.out / "images"
+
+    def image_file(self, path: str | os.PathLike) -> Path:
+        """The file of an images-table ``path`` of this run (see ``image_file``)."""
+        return image_file(self.store, path)
 
     @property
     def work(self) -> Path:
@@ -38,11 +43,32 @@ class RunFolder:
         return self.staging / "audit.duckdb"
 
 
+def image_file(store: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Where the image of an images-table ``path`` is: an absolute ``path`` (an image read in place from the
+    user's folder) as it is, a relative one (a copy in the run's image store) inside ``store``.
+
+    Every reader of image files goes through this (classification, adaptation, the map's thumbnails).
+    """
+    path = Path(path)
+    return path if path.is_absolute() else Path(store) / path
+
+
+def image_href(store: str | os.PathLike, path: str | os.PathLike | None) -> str | None:
+    """A link to an image for a page written beside ``store`` (``map.html``): ``<store name>/<path>`` for a copy
+    in the store, a ``file://`` URL for an image read in place, None when the file is not there."""
+    if not path:
+        return None
+    file = image_file(store, path)
+    if not file.is_file():
+        return None
+    return file.as_uri() if Path(path).is_absolute() else f"{Path(store).name}/{Path(path).as_posix()}"
+
+
 @dataclass
 class ImageCollection:
     """The collect stage's result: the images now in the store, and the items that failed."""
 
-    images: pd.DataFrame  # the images contract, one row per image now in the store
+    images: pd.DataFrame  # the images contract, one row per image (``path``: see ``image_file``)
     failures: pd.DataFrame = field(default_factory=failures_frame)  # item_id, stage, reason
     #: discovered, selected, not_selected (reason -> n), downloaded, failed (reason kind -> n), ...: they add up
     #: (see ``geo.mapillary.counts``); empty when a source does not count

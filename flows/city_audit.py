@@ -20,7 +20,6 @@ from flows.config import (AdaptationConfig, AreaConfig, ExecutionConfig, Imagery
 from flows.execution import SwitchableTaskRunner, task_runner_for
 from flows.stages import (adapt_to_city, build_audit_database, classify_images, collect_images, load_backbone,
                           load_road_segments, publish_outputs, run_failures, timings)
-from geo.bbox import BBox
 from geo.sources import road_source_for
 from warehouse.outputs import claim, staged
 from warehouse.attribution import run_attribution
@@ -35,7 +34,7 @@ def city_audit(bbox: str | list[float], area: AreaConfig = AreaConfig(), imagery
     """Audit the streets in ``bbox``; the parameters are documented field by field in ``flows.config``."""
     config = build_config(dict(bbox=bbox, area=area, imagery=imagery, roads=roads, model=model, adaptation=adaptation,
                                matching=matching, outputs=outputs, execution=execution), flag_names=False)
-    place = BBox(*config.bbox)
+    place = config.place()  # a BBox, or a geo.area.Area (a BBox with the --area polygon)
     with claim(config.out_dir, config.outputs.force) as out, timings() as timings_s:
         folder = RunFolder(out, str(flow_run.id or uuid.uuid4()))
         with task_runner_for(config.execution):  # collection units and classification chunks: here or on Dask
@@ -58,7 +57,7 @@ def city_audit(bbox: str | list[float], area: AreaConfig = AreaConfig(), imagery
                               counts=counts, failures=failures,
                               predictions_reused=classified.reused_images, chunks=len(classified.chunks),
                               chunks_reused=classified.reused_chunks, outputs=published, timings_s=timings_s,
-                              credits=credits, ingest=collection.counts)
+                              credits=credits, ingest={**collection.counts, **segments.attrs.get("counts", {})})
 
 
 def audit(**options) -> dict:

@@ -23,7 +23,8 @@ from classify.registry import (BACKBONES, adaptation_methods, check_backbone, ch
                                check_weights)
 from classify.schema import ATTRIBUTES
 from contracts.errors import CityAuditError, ConfigError
-from geo.bbox import DEFAULT_MAX_AREA_KM2, parse_bbox
+from geo.area import check_area_file, resolve_area
+from geo.bbox import DEFAULT_MAX_AREA_KM2
 from geo.sources import IMAGERY_SOURCES, check_imagery, check_roads, check_sample_overlap
 from warehouse.outputs import check_output_folder
 from warehouse.defaults import DEFAULT_CELL_SIZE_M, DEFAULT_HEADING_PENALTY_M, DEFAULT_MAX_DISTANCE_M
@@ -52,7 +53,15 @@ class Group(BaseModel):
 
 
 class AreaConfig(Group):
-    max_area_km2: float = option(DEFAULT_MAX_AREA_KM2, f"refuse larger boxes (default: {DEFAULT_MAX_AREA_KM2:g})", gt=0)
+    max_area_km2: float = option(DEFAULT_MAX_AREA_KM2, f"refuse larger areas (default: {DEFAULT_MAX_AREA_KM2:g})", gt=0)
+    area_file: str | None = option(None, "a boundary polygon (GeoJSON, GeoPackage or GeoParquet, any CRS; "
+                                         "multipolygons and holes) to audit instead of, or within, --bbox",
+                                   flag="--area")
+
+    @field_validator("area_file")
+    @classmethod
+    def _area_file_exists(cls, area_file: str | None) -> str | None:
+        return None if area_file is None else checked(check_area_file, area_file)
 
 
 class ImageryConfig(Group):
@@ -60,6 +69,8 @@ class ImageryConfig(Group):
     images: str | None = option(None, "for --source folder: a folder with images and images.parquet/images.csv")
     max_images: int | None = option(None, "stop after this many images", ge=1)
     allow_outside_paths: bool = option(False, "for --source folder: follow metadata paths that lead outside the folder")
+    copy_images: bool = option(False, "for --source folder: copy the images into the run's store (default: read "
+                                      "them in place, never writing to the folder)")
     mapillary: dict[str, Any] = option(
         {}, "a Mapillary option, repeatable: discovery=tiles|search, captured_after=2023-01-01, panoramas=yes|no|only, "
             "min_spacing_m=5, thumb_size=1024, search_rpm=8000, token_secret=NAME, ... (docs/mapillary.md); the token "
@@ -229,7 +240,8 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     area: AreaConfig = AreaConfig()  # before bbox: the area limit applies to it
-    bbox: list[float] = Field(description="minlon,minlat,maxlon,maxlat in WGS84, or a JSON list")
+    bbox: list[float] = Field(None, description="minlon,minlat,maxlon,maxlat in WGS84, or a JSON list; with --area "
+                                                "the part of the area inside it (default: the area's bounds)")
     imagery: ImageryConfig = ImageryConfig()
     roads: RoadsConfig = RoadsConfig()
     model: ModelConfig = ModelConfig()
@@ -241,8 +253,9 @@ class RunConfig(BaseModel):
     @field_validator("bbox", mode="before")
     @classmethod
     def _parse_bbox(cls, bbox: Any, info: ValidationInfo) -> list[float]:
-        limit = info.data["area"].max_area_km2 if "area" in info.data else DEFAULT_MAX_AREA_KM2
-        return parse_bbox(bbox, max_area_km2=limit).as_list()
+        area = info.data.get("area")
+        limit = area.max_area_km2 if area is not None else DEFAULT_MAX_AREA_KM2
+        return resolve_area(bbox, area.area_file if area is not None else None, limit).as_list()
 
     @field_validator("imagery", "roads")
     @classmethod
@@ -259,6 +272,10 @@ class RunConfig(BaseModel):
     def flow_parameters(self) -> dict[str, Any]:
         """Keyword arguments of the ``city-audit`` flow."""
         return {"bbox": self.bbox, **{name: getattr(self, name) for name in GROUPS}}
+
+    def place(self):
+        """The run's area: a ``geo.bbox.BBox``, or a ``geo.area.Area`` (a BBox with the polygon) with ``--area``."""
+        return resolve_area(self.bbox, self.area.area_file, self.area.max_area_km2)
 
     @property
     def out_dir(self) -> Path:

@@ -80,7 +80,7 @@ def stage(name: str):
 def collect_images(area: BBox, imagery: ImageryConfig, folder: RunFolder) -> ImageCollection:
     """Images of the configured source in ``area``, one task per work unit of the source."""
     source = make_source(imagery.source, imagery.images, options=imagery.mapillary,
-                         allow_outside=imagery.allow_outside_paths)
+                         allow_outside=imagery.allow_outside_paths, copy_images=imagery.copy_images)
     collection = collect_by_unit(source, area, folder.store, folder.work, imagery.max_images)
     return replace(collection, attribution=source.attribution)
 

@@ -15,6 +15,7 @@ refused. On a command line a box that starts with a minus sign reads as an optio
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -65,10 +66,32 @@ class BBox:
         return self.min_lon <= lon <= self.max_lon and self.min_lat <= lat <= self.max_lat
 
     def utm_crs(self) -> str:
-        """The UTM zone CRS (``EPSG:326xx`` north, ``EPSG:327xx`` south) of the box centre, for metric work."""
+        """The UTM zone CRS (``EPSG:326xx`` north, ``EPSG:327xx`` south) of the box centre, for metric work.
+
+        The zone is the one the EPSG database (pyproj) gives for the centre; see ``utm_crs_at``.
+        """
         lon, lat = self.center
-        zone = min(60, int(math.floor((lon + 180) / 6)) + 1)
-        return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
+        return utm_crs_at(lon, lat)
+
+
+@functools.lru_cache(maxsize=256)
+def utm_crs_at(lon: float, lat: float) -> str:
+    """The WGS84 UTM zone CRS of a point, from pyproj's EPSG database (``query_utm_crs_info``).
+
+    A point on a zone border (or on the equator) lies in two zones' areas of use: the eastern zone
+    and the northern hemisphere win. The EPSG zones are the plain 6° ones: the Norway (32V) and
+    Svalbard (31X-37X) exceptions of the military grid are not applied. Beyond UTM's latitudes
+    (north of 84°N, south of 80°S) the polar stereographic CRS (UPS, ``EPSG:32661`` / ``EPSG:32761``).
+    """
+    from pyproj.aoi import AreaOfInterest  # imported on use: the config module imports this one
+    from pyproj.database import query_utm_crs_info
+
+    north = lat >= 0
+    zones = [z for z in query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(lon, lat, lon, lat))
+             if z.name.endswith("N" if north else "S")]
+    if not zones:
+        return "EPSG:32661" if north else "EPSG:32761"
+    return f"EPSG:{max(int(z.code) for z in zones)}"
 
 
 def _zone_m2(lat: float) -> float:

@@ -1,10 +1,12 @@
-"""Imagery sources: find the images inside a bounding box and copy them into a run's image store.
+"""Imagery sources: find the images inside an area and record them (read in place, or copied into a run's store).
 
 A source answers two questions: which images lie in a bbox (``discover``, a DataFrame in the
 ``images`` contract plus an ``origin`` column saying where the bytes are) and how to get one
 image's bytes onto disk (``fetch``). ``collect_images`` does the rest the same way for every
-source: skip images already in the store, write to a temporary name, check that the file
-decodes, record its size and sha256, rename, and put every failure in a failures table.
+source: read each file once (its sha256 and one reduced-size decode from the same bytes),
+record its size and checksum, and put every failure in a failures table. A local folder is
+read in place (never written to); a copy (``--copy-images``, the sample, any fetched source)
+is written under a temporary name and renamed once it decodes, and kept on a rerun.
 
 Sources are registered by name in ``geo.sources.IMAGERY_SOURCES``: ``sample`` (the bundled
 Stuttgart area), ``folder`` (a local folder with a metadata table) and ``mapillary`` (Mapillary
@@ -16,9 +18,11 @@ the same way, so the flow treats all sources alike.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,11 +34,14 @@ from tqdm.auto import tqdm
 
 from contracts.results import ImageCollection, UnitDiscovery
 from contracts.tables import IMAGES, IMAGES_REQUIRED, ContractError, conform, failures_frame
+from geo.area import OUTSIDE_AREA
 from geo.bbox import BBox
 from geo.sources import (IMAGERY_SOURCES, METADATA_NAMES, SAMPLE_AREA, ImagerySourceError,  # noqa: F401 - SAMPLE_AREA: API
                          check_images_folder)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+#: Threads that read, hash and decode local files in place (PIL's decoder and hashlib release the GIL).
+CHECK_THREADS = min(4, os.cpu_count() or 1)
 
 
 class ImagerySource(Protocol):
@@ -86,13 +93,19 @@ class LocalFolderSource:
     coordinates out of range, without a path, or whose path leads outside the folder once
     resolved (``../x.jpg``, an absolute path, a symlink pointing out) is a failure with that
     reason. ``allow_outside=True`` is the user's opt-in to follow paths outside the folder.
-    Rows outside the bbox are not part of the area and are left out of ``discover``.
+    Rows outside the bbox are not part of the area and are left out of ``discover``; rows inside
+    the bbox but outside an area's polygon are left out by ``select_counted`` ("outside area").
+
+    ``copy=False`` (a folder): the images are read where they are, never written to, and
+    ``path`` in the images table is the absolute file; ``copy=True`` (``--copy-images``, and
+    the bundled sample) copies each into the run's image store (``path`` relative to it).
     """
 
     folder: Path
     name: str = "folder"
     attribution: str = "images from a local folder; check their licence before publishing"
     allow_outside: bool = False
+    copy: bool = False
 
     def __post_init__(self) -> None:
         self.folder = check_images_folder(self.folder)
@@ -153,6 +166,7 @@ class LocalFolderSource:
         return None
 
     def prepare(self, store: Path) -> Path:
+        """Make the run's image store (empty when the images are read in place); the user's folder is not touched."""
         store = Path(store)
         store.mkdir(parents=True, exist_ok=True)
         return store
@@ -166,7 +180,9 @@ class LocalFolderSource:
         frames = [c for c in candidates if len(c)]
         selected = (pd.concat(frames, ignore_index=True) if frames
                     else pd.DataFrame(columns=[*IMAGES.names, "origin", self.unit_column]))
-        return keep_at_most(selected.sort_values("image_id", ignore_index=True), max_images)
+        selected, outside = drop_outside_area(selected.sort_values("image_id", ignore_index=True), bbox)
+        selected, beyond = keep_at_most(selected, max_images)
+        return selected, {**outside, **beyond}
 
     def collect_unit(self, selected: pd.DataFrame, store: Path, manifest: Path | None, unit: str) -> ImageCollection:
         return store_images(self, selected.drop(columns=[self.unit_column]), store, progress=False)
@@ -192,15 +208,17 @@ def sample_source() -> LocalFolderSource:
     return LocalFolderSource(
         SAMPLE_AREA,
         name="sample",
+        copy=True,  # the sample lives inside the installed package: runs get their own copy beside the map
         attribution="images © Mapillary contributors, CC BY-SA 4.0 (via the Global StreetScapes sample)",
     )
 
 
 def make_source(name: str, images: str | os.PathLike | None = None, options: dict | None = None,
-                allow_outside: bool = False) -> ImagerySource:
+                allow_outside: bool = False, copy_images: bool = False) -> ImagerySource:
     """Build a registered imagery source by name (``geo.sources.IMAGERY_SOURCES``); ``options`` are source-specific;
-    ``allow_outside`` lets a folder's metadata point at files outside the folder."""
-    return IMAGERY_SOURCES.get(name).build(images, options, allow_outside)
+    ``allow_outside`` lets a folder's metadata point at files outside the folder; ``copy_images`` copies a
+    folder's images into the run's store instead of reading them in place."""
+    return IMAGERY_SOURCES.get(name).build(images, options, allow_outside, copy_images)
 
 
 def _store_name(image_id: str, origin: str) -> str:
@@ -215,28 +233,44 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """Width and height; raises if the file is not a complete, decodable image."""
-    with Image.open(path) as im:
-        im.load()  # full decode: truncated or corrupt files fail here, not in the classifier
-        return im.size
+def image_size(data: bytes) -> tuple[int, int]:
+    """Width and height (pixels) of the encoded image ``data``; raises if it is not a complete, decodable image.
+
+    One decode, reduced in size where the format allows it: a JPEG is decoded at 1/8 scale
+    (``Image.draft``: the DCT is scaled, but every byte of the entropy-coded data is still read,
+    so a truncated or corrupt file fails here and not in the classifier); other formats in full.
+    """
+    with Image.open(io.BytesIO(data)) as im:
+        width, height = im.size
+        im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+        im.load()
+    return width, height
+
+
+def read_checked(path: Path) -> tuple[str, int, int]:
+    """(sha256, width, height) of the image file ``path``, from one read of its bytes and one (draft) decode."""
+    data = path.read_bytes()
+    width, height = image_size(data)
+    return hashlib.sha256(data).hexdigest(), width, height
 
 
 def collect_images(source: ImagerySource, bbox: BBox, store: Path, *, max_images: int | None = None,
                    progress: bool = True) -> ImageCollection:
-    """Put every image of ``source`` inside ``bbox`` into the image store folder ``store``.
+    """Record every image of ``source`` inside ``bbox`` (a ``BBox`` or a ``geo.area.Area``), without Prefect.
 
-    Idempotent: a file already in the store with the expected sha256 (or, without one, that
-    decodes) is kept. Each file is written under a temporary name and renamed only once it is
-    complete and decodes. Returns the images (``path`` relative to ``store``), the failures and
-    the counts (discovered, selected, not_selected, downloaded, failed per reason).
+    A folder source reads its images where they are (``path`` absolute) unless it copies; a copy
+    goes into ``store`` under a temporary name and is renamed once complete and decodable, and a
+    file already there with the expected sha256 (or, without one, that decodes) is kept. Returns
+    the images, the failures and the counts (discovered, selected, not_selected, downloaded,
+    failed per reason).
     """
     discovered = source.discover(bbox).sort_values("image_id", ignore_index=True)
     candidates, refused = split_refused(discovered)
+    candidates, outside = drop_outside_area(candidates, bbox)
     candidates, not_selected = keep_at_most(candidates, max_images)
     collected = store_images(source, candidates, store, progress=progress)
     return counted(collected, discovered=len(discovered), refused=refused, selected=len(candidates),
-                   not_selected=not_selected)
+                   not_selected={**outside, **not_selected})
 
 
 def split_refused(discovered: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, str, str]]]:
@@ -247,6 +281,15 @@ def split_refused(discovered: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[st
     return discovered.loc[~refused].drop(columns=["failure"], errors="ignore").reset_index(drop=True), failures
 
 
+def drop_outside_area(candidates: pd.DataFrame, area: BBox | None) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The candidates inside ``area``'s polygon (all of them for a plain box), and how many were dropped for it."""
+    if area is None or getattr(area, "polygon", None) is None or not len(candidates):
+        return candidates, {}
+    inside = area.contains_points(candidates["lon"].to_numpy(float), candidates["lat"].to_numpy(float))
+    dropped = int((~inside).sum())
+    return candidates.loc[inside].reset_index(drop=True), ({OUTSIDE_AREA: dropped} if dropped else {})
+
+
 def keep_at_most(candidates: pd.DataFrame, max_images: int | None) -> tuple[pd.DataFrame, dict[str, int]]:
     """The first ``max_images`` candidates, and how many were left out for it."""
     if max_images is None or len(candidates) <= max_images:
@@ -254,36 +297,81 @@ def keep_at_most(candidates: pd.DataFrame, max_images: int | None) -> tuple[pd.D
     return candidates.head(max_images), {"beyond max_images": len(candidates) - max_images}
 
 
+def _copy_checked(source: ImagerySource, image: dict, final: Path) -> tuple[str, int, int]:
+    """Put one image into the store at ``final`` (kept when already complete); its (sha256, width, height)."""
+    expected = image.get("sha256")
+    expected = None if expected is None or (isinstance(expected, float) and pd.isna(expected)) else expected
+    if final.is_file():
+        try:
+            checked = read_checked(final)
+            if expected is None or checked[0] == expected:
+                return checked
+        except Exception:  # noqa: BLE001 - a damaged file in the store is fetched again
+            pass
+    partial = final.with_name(f".{final.name}.partial")
+    partial.unlink(missing_ok=True)
+    try:
+        source.fetch(pd.Series(image), partial)
+        checked = read_checked(partial)
+    except Exception:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, final)
+    return checked
+
+
 def store_images(source: ImagerySource, candidates: pd.DataFrame, store: Path, *,
                  progress: bool = True) -> ImageCollection:
-    """Fetch, check and record the ``candidates`` (rows of ``source.discover``) in ``store``; see ``collect_images``."""
-    store.mkdir(parents=True, exist_ok=True)
-    kept, failures = [], []
-    for _, image in tqdm(candidates.iterrows(), total=len(candidates), desc=f"collecting {source.name} images",
-                         unit="img", disable=not progress):
-        name = _store_name(str(image["image_id"]), str(image["origin"]))
-        final = store / name
+    """Check and record the ``candidates`` (rows of ``source.discover``, with ``origin``); see ``collect_images``.
+
+    In place (a folder source with ``copy`` false) each file is read once where it is: its sha256
+    and a draft decode come from the same bytes, ``path`` is the absolute file, and nothing is
+    written anywhere. Otherwise each image is fetched into ``store`` (``path`` relative to it).
+    """
+    in_place = not getattr(source, "copy", True)
+    if not in_place:
+        store.mkdir(parents=True, exist_ok=True)
+    columns = [c for c in candidates.columns if c != "origin"]
+    rows = candidates.to_dict("records") if not in_place else None
+    ids, origins = candidates["image_id"].astype(str).tolist(), candidates["origin"].astype(str).tolist()
+
+    def one(i: int) -> tuple[str, tuple[str, int, int], datetime]:
+        if in_place:
+            origin = Path(origins[i])
+            if not origin.is_file():
+                raise FileNotFoundError(f"{origin} is listed in the metadata table but does not exist")
+            return origins[i], read_checked(origin), datetime.now(timezone.utc)
+        name = _store_name(ids[i], origins[i])
+        return name, _copy_checked(source, rows[i], store / name), datetime.now(timezone.utc)
+
+    def attempt(i: int):
         try:
-            expected = image.get("sha256")
-            if not (final.is_file() and (pd.isna(expected) or file_sha256(final) == expected)):
-                partial = final.with_name(f".{name}.partial")
-                partial.unlink(missing_ok=True)
-                source.fetch(image, partial)
-                try:
-                    _image_size(partial)
-                except Exception:
-                    partial.unlink(missing_ok=True)
-                    raise
-                os.replace(partial, final)
-            width, height = _image_size(final)
+            return one(i)
         except Exception as exc:  # noqa: BLE001 - recorded per image, the run goes on
-            failures.append((str(image["image_id"]), "collect", f"{_kind(exc)}: {type(exc).__name__}: {exc}"))
-            continue
-        record = image.drop(labels=["origin"]).to_dict()
-        record.update(path=name, width=width, height=height, sha256=file_sha256(final),
-                      fetched_at=datetime.now(timezone.utc))
-        kept.append(record)
-    images = conform(pd.DataFrame(kept, columns=[*IMAGES.names]), IMAGES, what="collected images").to_pandas()
+            return exc
+
+    kept, paths, checks, stamps, failures = [], [], [], [], []
+    # reading, hashing and decoding release the GIL: local files are checked by a few threads, in order
+    workers = CHECK_THREADS if in_place and len(candidates) > 1 else 1
+    with ThreadPoolExecutor(workers) as pool:
+        def outcomes():  # in chunks: never a future per image of a whole city at once
+            for start in range(0, len(candidates), 1024):
+                chunk = range(start, min(len(candidates), start + 1024))
+                yield from (pool.map(attempt, chunk) if workers > 1 else map(attempt, chunk))
+
+        for i, outcome in enumerate(tqdm(outcomes(), total=len(candidates), desc=f"collecting {source.name} images",
+                                         unit="img", disable=not progress)):
+            if isinstance(outcome, Exception):
+                failures.append((ids[i], "collect", f"{_kind(outcome)}: {type(outcome).__name__}: {outcome}"))
+                continue
+            kept.append(i)
+            paths.append(outcome[0])
+            checks.append(outcome[1])
+            stamps.append(outcome[2])
+    sha, width, height = (list(v) for v in zip(*checks)) if checks else ([], [], [])
+    images = candidates.iloc[kept][columns].reset_index(drop=True).assign(
+        path=paths, width=width, height=height, sha256=sha, fetched_at=pd.to_datetime(stamps, utc=True))
+    images = conform(images.reindex(columns=[*IMAGES.names]), IMAGES, what="collected images").to_pandas()
     return ImageCollection(images, failures_frame(failures))
 
 

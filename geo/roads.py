@@ -3,8 +3,8 @@
 Sources: ``sample`` (the bundled 190 OSM edges around the Stuttgart sample images), the path of
 a local OpenStreetMap extract (``.osm.pbf``: read, filtered by road class and split into
 segments by ``geo.osm``), or the path of a vector file of road lines (GeoParquet, GeoPackage,
-GeoJSON, ...). Segments that intersect the bbox are kept whole; ``length_m`` is geodesic on the
-WGS84 ellipsoid.
+GeoJSON, ...). Segments that intersect the bbox (and an area's polygon) are kept whole;
+``length_m`` is geodesic on the WGS84 ellipsoid.
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ import os
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
+import shapely
 from pyproj import Geod
 from shapely.geometry import box
 
+from geo.area import area_polygon
 from geo.bbox import BBox
 from geo.sources import RoadSourceError, check_roads, road_source_for
 
@@ -38,13 +41,29 @@ def load_road_segments(bbox: BBox, roads: str | os.PathLike = "sample", *,
                        max_segment_length_m: float | None = None) -> gpd.GeoDataFrame:
     """Road segments intersecting ``bbox`` with ``segment_id, osm_way_id, highway, name, length_m, geometry``.
 
+    ``bbox`` may be a ``geo.area.Area``: segments inside its bounds that miss its polygon are dropped
+    and counted (``drop_outside_area``).
+
     ``roads`` picks the road source (``geo.sources.ROAD_SOURCES``): ``'sample'``, a ``.osm.pbf``
     extract (``road_classes``, highway values, and ``max_segment_length_m`` apply to it) or a
     ready-made file of road lines, used as it is.
     """
     check_roads(roads)
-    return road_source_for(roads).load(bbox, roads, road_classes=road_classes,
-                                       max_segment_length_m=max_segment_length_m)
+    segments = road_source_for(roads).load(bbox, roads, road_classes=road_classes,
+                                           max_segment_length_m=max_segment_length_m)
+    return drop_outside_area(segments, bbox)
+
+
+def drop_outside_area(segments: gpd.GeoDataFrame, area: BBox) -> gpd.GeoDataFrame:
+    """The segments that intersect ``area``'s polygon (kept whole), with ``attrs["counts"]`` saying how many
+    were dropped (``segments_outside_area``); a plain box keeps them all (its sources already cut to it)."""
+    polygon = area_polygon(area)
+    if polygon is None:
+        return segments
+    inside = shapely.intersects(polygon, segments.geometry.to_numpy()) if len(segments) else np.zeros(0, bool)
+    kept = segments.loc[inside].reset_index(drop=True)
+    kept.attrs["counts"] = {"segments_outside_area": int((~inside).sum())}
+    return kept
 
 
 def read_road_lines(bbox: BBox, path: Path, roads: str | os.PathLike) -> gpd.GeoDataFrame:

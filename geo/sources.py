@@ -38,28 +38,29 @@ class RoadSourceError(CityAuditError, RuntimeError):
 
 @dataclass(frozen=True)
 class ImagerySourceSpec:
-    """A registered imagery source: ``build(images, options, allow_outside)`` makes it (importing its module then)."""
+    """A registered imagery source: ``build(images, options, allow_outside, copy_images)`` makes it (importing its
+    module then)."""
 
     name: str
     summary: str
-    build: Callable[[str | None, Mapping[str, Any] | None, bool], Any]
+    build: Callable[[str | None, Mapping[str, Any] | None, bool, bool], Any]
     needs_folder: bool = False
     takes_options: bool = False
 
 
-def _sample(images=None, options=None, allow_outside=False):
+def _sample(images=None, options=None, allow_outside=False, copy_images=False):
     from geo.imagery import sample_source
 
     return sample_source()
 
 
-def _folder(images=None, options=None, allow_outside=False):
+def _folder(images=None, options=None, allow_outside=False, copy_images=False):
     from geo.imagery import LocalFolderSource
 
-    return LocalFolderSource(check_images_folder(images), allow_outside=allow_outside)
+    return LocalFolderSource(check_images_folder(images), allow_outside=allow_outside, copy=copy_images)
 
 
-def _mapillary(images=None, options=None, allow_outside=False):
+def _mapillary(images=None, options=None, allow_outside=False, copy_images=False):
     from geo.mapillary.source import MapillarySource
 
     return MapillarySource(options)

@@ -126,3 +126,37 @@ def test_fetch_only_cli_takes_a_western_box(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MAPILLARY_ACCESS_TOKEN", raising=False)
     code = main(["--bbox", "-122.42,37.77,-122.41,37.78", "--store", str(tmp_path / "s"), "--no-progress"])
     assert code == 3 and "MAPILLARY_ACCESS_TOKEN" in capsys.readouterr().err  # past argparse and the bbox
+
+
+# UTM zone from pyproj's EPSG database ------------------------------------------------------------------
+def _hand_zone(lon: float, lat: float) -> str:
+    """The hand-written rule this replaced: 6° zones from -180°, the hemisphere by the latitude's sign."""
+    import math
+    zone = min(60, int(math.floor((lon + 180) / 6)) + 1)
+    return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
+
+
+@pytest.mark.parametrize("lon, lat, expected", [
+    (9.1688, 48.7710, "EPSG:32632"),    # the Stuttgart sample
+    (151.21, -33.87, "EPSG:32756"),     # Sydney
+    (-58.38, -34.60, "EPSG:32721"),     # Buenos Aires
+    (18.42, -33.92, "EPSG:32734"),      # Cape Town
+    (-70.65, -33.45, "EPSG:32719"),     # Santiago
+    (12.0, 50.0, "EPSG:32633"),         # on a zone border: the eastern zone
+    (0.0, 0.0, "EPSG:32631"),           # on the equator: the northern hemisphere
+    (-180.0, 10.0, "EPSG:32601"),
+    (180.0, 10.0, "EPSG:32660"),
+    (5.32, 60.39, "EPSG:32631"),        # Bergen: EPSG's plain zone 31, not the military-grid exception 32V
+    (15.63, 78.22, "EPSG:32633"),       # Longyearbyen (Svalbard)
+    (20.0, 85.0, "EPSG:32661"),         # beyond UTM: polar stereographic (UPS north)
+    (0.0, -81.0, "EPSG:32761"),         # UPS south
+])
+def test_utm_crs_from_the_epsg_database(lon, lat, expected):
+    from geo.bbox import utm_crs_at
+
+    assert utm_crs_at(lon, lat) == expected
+    if abs(lat) <= 80:
+        assert expected == _hand_zone(lon, lat)  # the same result as the hand-written rule inside UTM
+    box = BBox(lon - 0.01 if lon > -180 else lon, lat - 0.01, lon + 0.01 if lon < 180 else lon, lat + 0.01)
+    if box.min_lon < box.max_lon:
+        assert box.utm_crs() == utm_crs_at(*box.center)

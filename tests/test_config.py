@@ -97,7 +97,7 @@ def test_cli_options_are_the_configuration_fields_with_their_help():
         action = by_flag[cli_flag(group, name)]
         assert action.dest == f"config.{name}" and action.help == field.description, name
     options = {a.dest for a in run._actions if a.dest.startswith("config.")}
-    assert options == {f"config.{name}" for _, name in fields} and len(fields) == 37  # 4 of them: the execution group
+    assert options == {f"config.{name}" for _, name in fields} and len(fields) == 39  # 4 of them: the execution group; 2: --area and --copy-images
 
 
 def test_the_configuration_records_typed_grouped_parameters():

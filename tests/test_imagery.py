@@ -1,6 +1,7 @@
-"""Imagery sources and the image store: bbox filtering, folder metadata, atomic idempotent copies."""
+"""Imagery sources: bbox filtering, folder metadata read in place, one draft decode per image, atomic idempotent copies."""
 
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -73,18 +74,36 @@ def test_local_folder_source(tmp_path, fmt):
     assert set(result.images.source) == {"mapillary"}
 
 
-def test_corrupt_and_missing_images_are_failures_not_crashes(tmp_path):
-    folder, meta = _folder_with_sample(tmp_path)
+@pytest.mark.parametrize("copy", [False, True])
+def test_corrupt_truncated_and_missing_images_are_failures_not_crashes(tmp_path, copy):
+    folder, meta = _folder_with_sample(tmp_path, n=5)
     (folder / meta.path[0]).write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (folder / meta.path[1]).unlink()
+    whole = (folder / meta.path[2]).read_bytes()
+    (folder / meta.path[2]).write_bytes(whole[:-200])  # a truncated JPEG: the draft decode must still refuse it
     store = tmp_path / "store"
-    result = collect_images(make_source("folder", folder), SAMPLE, store, progress=False)
+    result = collect_images(make_source("folder", folder, copy_images=copy), SAMPLE, store, progress=False)
     assert len(result.images) == 2
     reasons = dict(zip(result.failures.item_id, result.failures.reason))
-    assert set(reasons) == {meta.image_id[0], meta.image_id[1]}
+    assert set(reasons) == {meta.image_id[0], meta.image_id[1], meta.image_id[2]}
     assert "does not exist" in reasons[meta.image_id[1]]
+    assert reasons[meta.image_id[2]].startswith("corrupt image") and "truncated" in reasons[meta.image_id[2]]
     assert set(result.failures.stage) == {"collect"}
-    assert sorted(p.name for p in store.iterdir()) == sorted(result.images.path)  # nothing half-written left
+    if copy:
+        assert sorted(p.name for p in store.iterdir()) == sorted(result.images.path)  # nothing half-written left
+    else:
+        assert not store.exists() or not list(store.iterdir())  # read in place: nothing copied
+        assert all(Path(p).is_absolute() and Path(p).is_relative_to(folder) for p in result.images.path)
+
+
+def test_image_size_uses_one_draft_decode_and_refuses_truncation():
+    from geo.imagery import image_size
+
+    data = (SAMPLE_AREA / "images" / "1022073649539576.jpg").read_bytes()
+    assert image_size(data) == (1024, 512)  # the full size, although decoded at 1/8
+    for cut in (len(data) // 2, len(data) - 10):
+        with pytest.raises(OSError, match="truncated"):
+            image_size(data[:cut])
 
 
 def test_folder_source_errors_name_the_problem(tmp_path):
@@ -136,7 +155,9 @@ def test_paths_leading_outside_the_folder_are_failure_rows(tmp_path, escape):
     reasons = dict(zip(result.failures.item_id, result.failures.reason))
     assert reasons[meta.image_id[0]].startswith("path outside the folder")
     assert _adds_up(result) and result.counts["failed"] == {"path outside the folder": 1}
-    assert len(list(store.iterdir())) == len(meta) - 1  # nothing was copied from outside
+    assert not any(Path(p).resolve() == outside.resolve() for p in result.images.path)  # not read from outside
+    copied = collect_images(make_source("folder", folder, copy_images=True), SAMPLE, tmp_path / "store3", progress=False)
+    assert len(list((tmp_path / "store3").iterdir())) == len(meta) - 1  # nothing was copied from outside
     opted_in = collect_images(make_source("folder", folder, allow_outside=True), SAMPLE,
                               tmp_path / "store2", progress=False)
     assert len(opted_in.images) == len(meta) and opted_in.failures.empty and _adds_up(opted_in)

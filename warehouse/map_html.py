@@ -25,6 +25,7 @@ import shapely
 
 from contracts.files import write_text_atomic
 from contracts.notices import UNTRAINED_NOTE
+from contracts.results import image_href
 from warehouse.styles import NO_DATA_COLOUR, class_colours
 
 LEAFLET_VERSION = "1.9.4"
@@ -121,9 +122,7 @@ def map_data(segments: gpd.GeoDataFrame, images: gpd.GeoDataFrame, attributes: M
                      for a, classes in attributes.items()}}
     thumbs = [None] * len(images)
     if image_store is not None and "path" in images:
-        for i, rel in enumerate(_values(images, "path")):
-            if rel and (image_store / rel).is_file():
-                thumbs[i] = f"{image_store.name}/{rel}"
+        thumbs = [image_href(image_store, rel) for rel in _values(images, "path")]
     img = {"n": len(images), "lon": [round(float(g.x), COORD_DIGITS) for g in images.geometry],
            "lat": [round(float(g.y), COORD_DIGITS) for g in images.geometry],
            **{c: _values(images, c, 1 if c == "distance_m" else None)

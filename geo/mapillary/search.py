@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from geo.area import area_polygon
 from geo.bbox import BBox
 from geo.mapillary.client import MapillaryClient, UnusableAnswer
 from geo.mapillary.options import MapillaryOptions, parse_time
@@ -52,6 +53,13 @@ def quarter(box: BBox) -> list[BBox]:
     mid_lon, mid_lat = (box.min_lon + box.max_lon) / 2, (box.min_lat + box.max_lat) / 2
     return [BBox(box.min_lon, box.min_lat, mid_lon, mid_lat), BBox(mid_lon, box.min_lat, box.max_lon, mid_lat),
             BBox(box.min_lon, mid_lat, mid_lon, box.max_lat), BBox(mid_lon, mid_lat, box.max_lon, box.max_lat)]
+
+
+def in_area(boxes: list[BBox], within: BBox | None) -> list[BBox]:
+    """The ``boxes`` that intersect ``within``'s polygon when it is a ``geo.area.Area`` (all of them otherwise)."""
+    if area_polygon(within) is None:
+        return boxes
+    return [b for b in boxes if within.intersects_box(*b.as_list())]
 
 
 def search_params(box: BBox, options: MapillaryOptions) -> dict[str, str]:
@@ -98,7 +106,9 @@ async def search_area(client: MapillaryClient, area: BBox, options: MapillaryOpt
                       within: BBox | None = None) -> SearchResult:
     """Every image the search returns inside ``area``, deduplicated by id, splitting full boxes.
 
-    ``within`` (the run's bbox): results outside it are failures ("outside bbox").
+    ``within`` (the run's bbox): results outside it are failures ("outside bbox"). For a ``geo.area.Area``
+    only the boxes that intersect its polygon are asked; results in its bounds but outside the polygon
+    are left to selection ("outside area").
     """
     result = SearchResult()
 
@@ -112,13 +122,13 @@ async def search_area(client: MapillaryClient, area: BBox, options: MapillaryOpt
             side_deg = max(box.max_lon - box.min_lon, box.max_lat - box.min_lat)
             if side_deg / 2 >= options.min_search_tile_deg:
                 log.debug("search box %s returned the limit (%d); splitting it", box, len(data))
-                await asyncio.gather(*(one(part) for part in quarter(box)))
+                await asyncio.gather(*(one(part) for part in in_area(quarter(box), within)))
             else:
                 log.warning("search box %s still returns the limit (%d) at %.5f degrees; it may be incomplete",
                             box, len(data), side_deg)
                 result.saturated.append(box)
 
-    await asyncio.gather(*(one(box) for box in split_box(area, options.search_tile_deg)))
+    await asyncio.gather(*(one(box) for box in in_area(split_box(area, options.search_tile_deg), within)))
     for image_id in set(result.failures) & set(result.records):  # another box placed it well
         del result.failures[image_id]
     return result

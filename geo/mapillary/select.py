@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from geo.area import OUTSIDE_AREA, area_polygon
 from geo.bbox import BBox
 from geo.mapillary.options import MapillaryOptions, parse_time
 from geo.mapillary.records import RECORD_COLUMNS
@@ -45,6 +46,12 @@ def filter_reasons(frame: pd.DataFrame, options: MapillaryOptions, bbox: BBox | 
     if bbox is not None:
         drop(~(frame["lon"].between(bbox.min_lon, bbox.max_lon) & frame["lat"].between(bbox.min_lat, bbox.max_lat)),
              "outside bbox")
+        if area_polygon(bbox) is not None:
+            known = (frame["lon"].notna() & frame["lat"].notna()).to_numpy()
+            outside = np.zeros(len(frame), bool)
+            outside[known] = ~bbox.contains_points(frame["lon"].to_numpy(float)[known],
+                                                   frame["lat"].to_numpy(float)[known])
+            drop(outside, OUTSIDE_AREA)
     if options.captured_after or options.captured_before:
         drop(frame["captured_at"].isna(), "unknown capture time")
     if options.captured_after:

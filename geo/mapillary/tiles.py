@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import mapbox_vector_tile
 import mercantile
 
+from geo.area import area_polygon
 from geo.bbox import BBox
 from geo.mapillary.records import tile_record
 
@@ -34,8 +35,14 @@ def parse_tile(name: str) -> mercantile.Tile:
 
 
 def covering_tiles(bbox: BBox, zoom: int = ZOOM) -> list[str]:
-    """Names of the z14 tiles that intersect ``bbox``, west to east then north to south."""
-    return [tile_name(t) for t in mercantile.tiles(bbox.min_lon, bbox.min_lat, bbox.max_lon, bbox.max_lat, zoom)]
+    """Names of the z14 tiles that intersect ``bbox``, west to east then north to south.
+
+    For a ``geo.area.Area`` only the tiles that intersect its polygon (a city's boundary, not its bounds).
+    """
+    tiles = mercantile.tiles(bbox.min_lon, bbox.min_lat, bbox.max_lon, bbox.max_lat, zoom)
+    if area_polygon(bbox) is not None:
+        tiles = [t for t in tiles if bbox.intersects_box(*mercantile.bounds(t))]
+    return [tile_name(t) for t in tiles]
 
 
 def tile_box(name: str, bbox: BBox | None = None) -> BBox:
