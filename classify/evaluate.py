@@ -280,3 +280,33 @@ def write_predictions(path: Path, eval_set: LabeledImages, predicted: dict[str, 
         for i, (image_id, file, label) in enumerate(zip(eval_set.image_ids, eval_set.files, eval_set.labels)):
             writer.writerow([image_id, file, classes[label], *(classes[p[i]] for p in predicted.values())])
     return path
+
+
+#: CLIP-MHAdapter test accuracy reported by its paper on Global StreetScapes (docs/mhadapter.md; weather and
+#: glare were cut off in the excerpt we could read) and MaxViT's from the dataset paper (one model per attribute)
+PAPER_MHADAPTER_ACCURACY = {"lighting_condition": 0.9646, "platform": 0.6912, "view_direction": 0.9528,
+                            "pano_status": 0.9940, "reflection": 0.7669, "quality": 0.8908}
+PAPER_MAXVIT_ACCURACY = {"pano_status": 0.999, "lighting_condition": 0.962, "glare": 0.941, "view_direction": 0.874,
+                         "quality": 0.799, "reflection": 0.787, "weather": 0.755, "platform": 0.683}
+#: our methods in the paper-comparison table, in column order
+GSS_COLUMNS = ("mhadapter", "zero_r", "zeroshot", "linear_probe", "clip_adapter", "coop")
+
+
+def paper_comparison_table(reports: dict[str, dict]) -> str:
+    """Markdown: per attribute the paper's accuracies (CLIP-MHAdapter, MaxViT) beside ours on the test split
+    (our MHAdapter head, ZeroR, zero-shot and the trained baselines), plus our MHAdapter macro-F1 and n."""
+    header = ["attribute", "n test", "paper MHAdapter", "paper MaxViT", *(f"ours {c}" for c in GSS_COLUMNS),
+              "ours mhadapter macro-F1"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+
+    def cell(value):
+        return "n/a" if value is None else f"{value:.4f}"
+
+    for name, report in reports.items():
+        methods = report["methods"]
+        zero_r = next((v for k, v in methods.items() if k.startswith("zero_r")), {})
+        ours = [cell((zero_r if c == "zero_r" else methods.get(c, {})).get("accuracy")) for c in GSS_COLUMNS]
+        lines.append(f"| {name} | {report['n']} | {cell(PAPER_MHADAPTER_ACCURACY.get(name))} | "
+                     f"{cell(PAPER_MAXVIT_ACCURACY.get(name))} | " + " | ".join(ours) +
+                     f" | {cell(methods.get('mhadapter', {}).get('macro_f1'))} |")
+    return "\n".join(lines)
