@@ -106,7 +106,7 @@ def gss_heads(attributes: list[str], data: str | Path, heads_dir: str | Path, ev
               model: str = "vit-b16", weights: str | None = None, device: str | None = None,
               cache_dir: str | Path, mode: str = "cached", epochs: int | None = None,
               batch_size: int | None = None, seed: int | None = None, num_workers: int | None = None,
-              baseline_config=None, progress: bool = True) -> GssJob:
+              baseline_config=None, drop_train_overlap: bool = False, progress: bool = True) -> GssJob:
     """Train the MHAdapter head of every attribute in ``attributes`` on ``data``'s train split (a Global
     StreetScapes folder) and evaluate each, with ZeroR, zero-shot and the §2.8 baselines, on its test split.
 
@@ -148,6 +148,7 @@ def gss_heads(attributes: list[str], data: str | Path, heads_dir: str | Path, ev
                                             progress=progress)
             reports[name] = evaluate_attribute(name, data, backbone, eval_dir, heads_dir=heads_dir, split="test",
                                                cache_dir=cache_dir, progress=progress,
+                                               drop_train_overlap=drop_train_overlap,
                                                baseline_config=baseline_config or BaselineConfig())
     finally:
         backbone.encode_images = original

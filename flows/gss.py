@@ -233,7 +233,10 @@ def run_gss(args: argparse.Namespace) -> dict:
     ids, skipped = mapillary_ids(labels, attributes)
     report = {"attributes": attributes, "revision": args.revision, "labels": labels["_files"],
               "mapillary_images": len(ids), "skipped_rows": dict(skipped),
-              "label_rows": {a: {s: len(r) for s, r in labels[a].items()} for a in attributes}}
+              "label_rows": {a: {s: len(r) for s, r in labels[a].items()} for a in attributes},
+              "settings": {"model": args.model, "weights": args.weights, "mode": args.mode, "epochs": args.epochs,
+                           "baseline_epochs": args.baseline_epochs, "seed": args.seed, "limit": args.limit,
+                           "mapillary": dict(args.mapillary or {}), "drop_train_overlap": args.drop_train_overlap}}
     thumb = dict(args.mapillary or {}).get("thumb_size", 1024)
     thumb = int(thumb) if str(thumb).isdigit() else thumb
     report["cost_plan"] = cost_estimate(len(ids), thumb)
@@ -253,7 +256,7 @@ def run_gss(args: argparse.Namespace) -> dict:
     job = gss_heads(attributes, root, out / "heads", out / "evaluation", model=args.model, weights=args.weights,
                     device=args.device, cache_dir=out / "work" / "features", mode=args.mode, epochs=args.epochs,
                     batch_size=args.batch_size, seed=args.seed, num_workers=args.num_workers,
-                    baseline_config=baselines, progress=not args.quiet)
+                    baseline_config=baselines, drop_train_overlap=args.drop_train_overlap, progress=not args.quiet)
     per_image = job.encode_seconds / job.images_encoded if job.images_encoded else None
     report["backbone"] = {"model_id": job.backbone.model_id, "trained": job.backbone.trained,
                           "device": str(job.backbone.device), "images_encoded_now": job.images_encoded,
@@ -291,7 +294,7 @@ def _print(report: dict, args) -> None:
     print(f"backbone passes now: {backbone['images_encoded_now']} images"
           + (f", {backbone['seconds_per_image'] * 1e3:.1f} ms each on {backbone['device']}"
              if backbone["seconds_per_image"] else " (all features from the cache)"))
-    print("test accuracy, the paper's beside ours:")
+    print(f"test accuracy ({args.mode} mode, model {args.model}), the paper's beside ours:")
     print(report["table"])
     print(f"report: {Path(args.out) / 'gss-report.json'}; per-attribute evaluations beside it")
 
@@ -326,6 +329,8 @@ def add_gss_command(commands) -> argparse.ArgumentParser:
     gss.add_argument("--batch-size", type=int)
     gss.add_argument("--seed", type=int)
     gss.add_argument("--num-workers", type=int)
+    gss.add_argument("--drop-train-overlap", action="store_true", help="score only test images the heads did not "
+                     "train on (default: refuse a test split that shares images with the training split)")
     gss.add_argument("--quiet", action="store_true", help="no progress bars")
     gss.set_defaults(handler=_handler)
     return gss
