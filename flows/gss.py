@@ -167,14 +167,16 @@ def fetch_images(ids: list[str], store: Path, manifest_path: Path, options: dict
         fetched = manifest.fetched(ids)
     finally:
         manifest.close()
-    reasons = Counter(reason.split(":")[0] for _, _, reason in failures)
+    reasons = Counter(reason[:160] for _, _, reason in failures)
     return {"present": present, "failed": len(failures), "failure_reasons": dict(reasons), "requests": requests,
+            "failures": [{"image_id": image_id, "reason": reason} for image_id, _, reason in failures],
             "paths": {i: str(store / entry["path"]) for i, entry in fetched.items()}, "thumb_size": settings.thumb_size}
 
 
 def write_dataset(labels: dict, attributes: list[str], root: Path, paths: dict[str, str]) -> dict:
     """``root/{train,test}/<attribute>.csv`` in the GSS layout (``img_path`` relative to ``root``) with the rows
-    whose image is present; returns per attribute and split the rows kept and dropped."""
+    whose image is present; returns per attribute and split the rows kept, those whose Mapillary image could not
+    be fetched (``image_missing``) and the KartaView or unidentified ones (``not_mapillary``)."""
     counts = {}
     for attribute in attributes:
         counts[attribute] = {}
@@ -186,7 +188,9 @@ def write_dataset(labels: dict, attributes: list[str], root: Path, paths: dict[s
                 lines.append(",".join(_csv_cell(v) for v in (relative, r["uuid"], r["source"], r["orig_id"], r["label"])))
             (root / split).mkdir(parents=True, exist_ok=True)
             write_text_atomic(root / split / f"{attribute}.csv", "\n".join(lines) + "\n")
-            counts[attribute][split] = {"rows": len(rows), "kept": len(kept), "dropped": len(rows) - len(kept)}
+            mapillary = sum(r["source"].lower() == "mapillary" for r in rows)
+            counts[attribute][split] = {"rows": len(rows), "kept": len(kept), "image_missing": mapillary - len(kept),
+                                        "not_mapillary": len(rows) - mapillary}
     return counts
 
 
@@ -286,6 +290,9 @@ def _print(report: dict, args) -> None:
     images = report["images"]
     print(f"images: {images['present']} present, {images['failed']} failed {images['failure_reasons'] or ''}; "
           f"Mapillary requests now: {sum(images['requests'].values())}")
+    missing = sum(c["image_missing"] for splits in report["dataset_rows"].values() for c in splits.values())
+    if missing:
+        print(f"{missing} label rows dropped: their image could not be fetched (a rerun tries again)")
     backbone = report["backbone"]
     if not backbone["trained"]:
         from contracts.notices import untrained_warning

@@ -38,6 +38,7 @@ ATTRIBUTES = ("weather", "lighting_condition", "glare", "reflection", "quality",
 WITH_IDS = {"weather", "pano_status", "platform", "glare"}  # the others need the dataset's id table
 ORIGIN = "GSS MaxViT prediction (sample context_predictions), not a human label"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+GONE_UUID, GONE_ID = "00000000-0000-4000-8000-000000000000", "999999999999999"
 
 
 def _split(uuid: str) -> str:
@@ -62,6 +63,8 @@ def build_fake_dataset(root: Path) -> dict[str, bytes]:
                 meta = mapping[row["uuid"]]
                 values = {**meta, attribute: row[attribute], "label_origin": ORIGIN}
                 lines.append(",".join(str(values[c]) for c in columns))
+            if attribute == "weather" and split == "train":  # a labelled image Mapillary no longer has
+                lines.append(f"{GONE_UUID},Mapillary,{GONE_ID},Stuttgart,48.77,9.17,clear,{ORIGIN}")
             files[f"manual_labels/{split}/{attribute}.csv"] = ("\n".join(lines) + "\n").encode()
     id_lines = ["uuid,source,orig_id,lat,lon"] + [f"{u},{m['source']},{m['orig_id']},{m['lat']},{m['lon']}"
                                                   for u, m in mapping.items()]
@@ -168,7 +171,7 @@ def test_plan_reads_every_label_file_once_and_counts_what_it_skips(hub, tmp_path
     assert set(hub.gets) == {f"manual_labels/{s}/{a}.csv" for a in ATTRIBUTES for s in ("train", "test")} | {ID_MAP_FILE}
     assert all(n == 1 for n in hub.gets.values())
     assert "skipped 200 rows: KartaView image" in out  # 25 KartaView uuids x 8 attributes, train + test
-    assert "25 distinct Mapillary images" in out and "17 file(s) downloaded now" in out
+    assert "26 distinct Mapillary images" in out and "17 file(s) downloaded now" in out
     gets, heads = sum(hub.gets.values()), sum(hub.heads.values())
     assert main(args) == 0  # everything from the huggingface_hub cache: not one request
     assert (sum(hub.gets.values()), sum(hub.heads.values())) == (gets, heads)
@@ -205,7 +208,9 @@ def test_end_to_end_killed_and_rerun_resumes_without_refetching(hub, mapillary, 
     served = mapillary.thumbs_served
     assert len(served) == 25 and sum(served.values()) <= 25 + 1  # at most the one in flight at the kill, twice
     report = json.loads((out / "gss-report.json").read_text())
-    assert report["images"]["present"] == 25 and report["images"]["failed"] == 0
+    assert report["images"]["present"] == 25 and report["images"]["failed"] == 1  # the deleted image
+    assert sum(report["images"]["failure_reasons"].values()) == 1
+    assert report["dataset_rows"]["weather"]["train"]["image_missing"] == 1  # its row left the training file
     assert report["skipped_rows"] == {"KartaView image: not fetchable through the Mapillary client": 75}
     kept = report["dataset_rows"]["view_direction"]
     assert kept["train"]["kept"] + kept["test"]["kept"] == 25
@@ -214,17 +219,19 @@ def test_end_to_end_killed_and_rerun_resumes_without_refetching(hub, mapillary, 
         assert f"| {attribute} |" in table
         evaluation = json.loads((out / "evaluation" / f"{attribute}-evaluation.json").read_text())
         assert {"zero_r", "zeroshot", "linear_probe", "clip_adapter", "coop", "mhadapter"} <= set(evaluation["methods"])
-        assert evaluation["n"] == kept["test"]["kept"] if attribute == "view_direction" else evaluation["n"] > 0
+        assert evaluation["n"] == report["dataset_rows"][attribute]["test"]["kept"] > 0
         assert (out / "heads" / f"{attribute}.safetensors").is_file()
     assert "| pano_status | " in table and "0.9940" in table  # the paper's number beside ours
-    assert "UNTRAINED" in second.stdout or "untrained" in second.stdout.lower()
+    assert "UNTRAINED" in second.stdout and "1 label rows dropped: their image could not be fetched" in second.stdout
     assert report["backbone"]["images_encoded_now"] == 25  # one backbone pass per image, for all three heads
 
-    requests_before = sum(mapillary.requests.values())
+    requests_before, entity_before = sum(mapillary.requests.values()), mapillary.requests["entity"]
     third = subprocess.run([*command, *_fast_options(4)], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
                            timeout=300)
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
-    assert sum(mapillary.requests.values()) == requests_before and hub.gets == label_gets
+    assert mapillary.requests["thumbs"] == sum(served.values()) and hub.gets == label_gets
+    assert sum(mapillary.requests.values()) - requests_before == mapillary.requests["entity"] - entity_before == 1
+    # only the image that failed is asked for again (one entity request: it does not exist)
     rerun = json.loads((out / "gss-report.json").read_text())
     assert rerun["backbone"]["images_encoded_now"] == 0  # every feature from the content-hash cache
     assert "all features from the cache" in third.stdout
