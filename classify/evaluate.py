@@ -158,7 +158,8 @@ def fit_trained_baselines(attr, train_set: LabeledImages, encode, backbone: Back
     from classify.prompt_learning import fit_coop
 
     fit_part, select_part = split_labels(train_set, split_config)
-    fit_x, select_x = encode(fit_part), encode(select_part)
+    fit_x = ImageFeatures(encode(fit_part).pooled, None)  # both train on the pooled embedding only: drop the tokens
+    select_x = ImageFeatures(encode(select_part).pooled, None)
     heads = {}
     for name in names:
         try:

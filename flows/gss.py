@@ -120,7 +120,8 @@ def fetch_labels(attributes: list[str], *, cache_dir, endpoint, revision: str, l
         downloads += fresh
         files[ID_MAP_FILE] = str(path)
         fill_ids(needs_map, path)
-    labels["_files"] = {"files": files, "downloaded_now": downloads}
+    commits = {Path(f).parts[Path(f).parts.index("snapshots") + 1] for f in files.values() if "snapshots" in Path(f).parts}
+    labels["_files"] = {"files": files, "downloaded_now": downloads, "commits": sorted(commits)}
     return labels
 
 
@@ -278,7 +279,8 @@ def run_gss(args: argparse.Namespace) -> dict:
 
 def _print(report: dict, args) -> None:
     rows = ", ".join(f"{a} {c['train']}/{c['test']}" for a, c in report["label_rows"].items())
-    print(f"labels ({GSS_REPO}@{report['revision']}): train/test rows {rows}; "
+    commits = ", ".join(c[:12] for c in report["labels"]["commits"]) or "?"
+    print(f"labels ({GSS_REPO}@{report['revision']}, commit {commits}): train/test rows {rows}; "
           f"{report['labels']['downloaded_now']} file(s) downloaded now")
     for reason, n in report["skipped_rows"].items():
         print(f"skipped {n} rows: {reason}")

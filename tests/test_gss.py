@@ -178,6 +178,19 @@ def test_plan_reads_every_label_file_once_and_counts_what_it_skips(hub, tmp_path
     assert "0 file(s) downloaded now" in capsys.readouterr().out
 
 
+@pytest.mark.timeout(60)
+def test_missing_files_and_columns_are_one_clear_line(hub, tmp_path, capsys):
+    common = ["--plan", "--hf-endpoint", hub.url, "--hf-cache", str(tmp_path / "hf"), "--out", str(tmp_path / "o")]
+    del hub.files["manual_labels/test/quality.csv"]
+    assert main(["gss", "--attributes", "quality", *common]) == 2
+    assert "has no file 'manual_labels/test/quality.csv'; check --revision" in capsys.readouterr().err
+    hub.files["manual_labels/train/reflection.csv"] = b"uuid,city\nabc,Stuttgart\n"
+    assert main(["gss", "--attributes", "reflection", *common]) == 2
+    assert "needs columns 'uuid' and 'reflection'" in capsys.readouterr().err
+    assert main(["gss", "--attributes", "glare", *common]) == 0
+    assert f"commit {COMMIT[:12]}" in capsys.readouterr().out  # the revision the labels came from
+
+
 @pytest.mark.timeout(400)
 def test_end_to_end_killed_and_rerun_resumes_without_refetching(hub, mapillary, tmp_path):
     out = tmp_path / "out"
