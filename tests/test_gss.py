@@ -172,6 +172,7 @@ def test_plan_reads_every_label_file_once_and_counts_what_it_skips(hub, tmp_path
     assert all(n == 1 for n in hub.gets.values())
     assert "skipped 200 rows: KartaView image" in out  # 25 KartaView uuids x 8 attributes, train + test
     assert "26 distinct Mapillary images" in out and "17 file(s) downloaded now" in out
+    assert "| weather | 26 | 52 |" in out and "| glare | 25 | 50 |" in out  # per attribute: images, requests
     gets, heads = sum(hub.gets.values()), sum(hub.heads.values())
     assert main(args) == 0  # everything from the huggingface_hub cache: not one request
     assert (sum(hub.gets.values()), sum(hub.heads.values())) == (gets, heads)
