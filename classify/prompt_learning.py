@@ -40,6 +40,10 @@ class PromptLearner(nn.Module):
         self.n_ctx = n_ctx
         prompts = [" ".join([PLACEHOLDER] * n_ctx) + f" {attribute.phrases[c]}." for c in attribute.classes]
         tokens = backbone.tokenizer(prompts).to(backbone.device)
+        placeholder = tokens[:, 1:1 + n_ctx]
+        if not bool((placeholder == placeholder[0, 0]).all()) or bool((tokens[:, 1 + n_ctx] == placeholder[0, 0]).any()):
+            raise BackboneError(f"CoOp: the tokenizer of {backbone.spec.name} does not give one token per placeholder "
+                                f"word, so the {n_ctx} context positions cannot be located")
         self.register_buffer("tokens", tokens, persistent=False)
         width = model.token_embedding.weight.shape[1]
         generator = torch.Generator().manual_seed(seed)
@@ -57,6 +61,8 @@ class PromptLearner(nn.Module):
         pool = getattr(model, "text_pool_type", "argmax")
         if pool == "argmax":
             x = x[torch.arange(x.shape[0], device=x.device), self.tokens.argmax(dim=-1)]
+        elif pool == "eos":
+            x = x[torch.arange(x.shape[0], device=x.device), (self.tokens == model.text_eos_id).int().argmax(dim=-1)]
         elif pool == "last":
             x = x[:, -1]
         else:
