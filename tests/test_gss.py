@@ -26,13 +26,13 @@ import pytest
 
 from flows.cli import main
 from flows.gss import GSS_REPO, ID_MAP_FILE
+from tests.conftest import SHARED_SAMPLE
 from tests.fake_mapillary.fixtures import FAST, TOKEN
 from tests.fake_mapillary.photos import PhotoMapillary, gss_sample_entities
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = REPO_ROOT.parent / "shared" / "sample" / "gss"
-if not SAMPLE.is_dir():  # a worktree: shared/ sits beside the checkouts
-    SAMPLE = Path("/work/wt/shared/sample/gss")
+SAMPLE = SHARED_SAMPLE / "gss"
+pytestmark = pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/sample/gss is not available")
 ATTRIBUTES = ("weather", "lighting_condition", "glare", "reflection", "quality", "view_direction", "platform",
               "pano_status")
 WITH_IDS = {"weather", "pano_status", "platform", "glare"}  # the others need the dataset's id table
