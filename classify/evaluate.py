@@ -3,9 +3,10 @@
 ``evaluate_attribute`` scores, on the **same** images: ZeroR (majority class; always, see
 ``classify.baselines.zero_r_reference``), zero-shot CLIP, the trained baselines of methods §2.8
 fitted on the same training labels and cached features (linear probe, CLIP-Adapter, CoOp), and the
-MHAdapter head from ``--heads DIR`` when it has one for the attribute. It writes ``<attribute>-evaluation.json`` (all metrics of
-``classify.metrics`` per method, plus the comparison table) and one confusion-matrix PNG per
-method into the output folder.
+MHAdapter head from ``--heads DIR`` when it has one for the attribute. It writes
+``<attribute>-evaluation.json`` (all metrics of ``classify.metrics`` per method, plus the comparison
+table) and one confusion-matrix PNG per method into the output folder. ``paper_comparison_table``
+puts the paper's accuracies beside ours for several attributes (``city-audit gss``).
 
 Splits: ``test`` is ``<root>/test/<attribute>.csv`` of a Global StreetScapes folder, or the
 given ``path,label`` CSV itself; ``val`` is the held-out part of the training labels, recreated
@@ -188,12 +189,14 @@ def evaluate_attribute(attribute: str, data: str | Path, backbone: Backbone, out
                        probe_config: TrainConfig = PROBE_CONFIG, progress: bool = True,
                        drop_train_overlap: bool = False, baseline_config: BaselineConfig = BaselineConfig(),
                        baselines: tuple[str, ...] = TRAINED_BASELINES) -> dict:
-    """Compare ZeroR, zero-shot, linear probe and MHAdapter for ``attribute`` on one split.
+    """Compare ZeroR, zero-shot, linear probe, CLIP-Adapter, CoOp and MHAdapter for ``attribute`` on one split.
 
     Returns the report (also written as ``<out_dir>/<attribute>-evaluation.json``): per-method
     metrics, confusion PNG paths and a Markdown ``table``; per-image predictions of every method
     go to ``<attribute>-predictions.csv``. The probe is skipped (and said so) when there are no
-    training labels, e.g. a plain test CSV without ``train_data``. Repeated images are dropped
+    training labels, e.g. a plain test CSV without ``train_data``, and so are CLIP-Adapter and CoOp
+    (``baselines`` names them, ``baseline_config`` is their optimiser); ZeroR is then the oracle majority
+    of the evaluation labels unless the checkpoint records training counts. Repeated images are dropped
     with a count in ``notes``. Evaluation images that the head (or the probe) trained on raise
     ``EvaluationError`` unless ``drop_train_overlap``, which removes them and says how many.
     """
