@@ -7,7 +7,9 @@ heads side by side (zero-shot and the adapted checkpoint from ``adapted_dir``), 
 joins several attributes into one Markdown table.
 
 Beside zero-shot, every report has the **un-adapted method head** (the same method and settings,
-built fresh from the backbone, before any self-training) and, where training labels exist, ZeroR.
+built fresh from the backbone, before any self-training) and ZeroR: the majority class of the
+training labels where they exist, else of the evaluation labels, shown as ``zero_r (oracle)``
+because it peeks at them (an upper bound of ZeroR; ``classify.baselines.zero_r_reference``).
 Gains are reported against both zero-shot and the un-adapted head, with the share of predictions
 that adaptation changed; a checkpoint whose last epoch put most pseudo-labels on one class gets a
 collapse warning. Splits: ``test``, ``train`` and ``val`` (the seeded held-out part of the
@@ -24,7 +26,7 @@ import pandas as pd
 from classify.adapt import get_method
 from classify.adapted_visual import AdaptationError
 from classify.backbone import Backbone
-from classify.baselines import ZeroRHead
+from classify.baselines import zero_r_reference
 from classify.checkpoints import head_paths, load_head, read_sidecar
 from classify.evaluate import TABLE_COLUMNS, comparison_table, render_confusion_matrix
 from classify.heads import zero_shot_heads
@@ -53,8 +55,9 @@ def compare_adapted(attribute: str, data: str | Path, backbone: Backbone, adapte
     unadapted = method.build(backbone, attr, adapted.config).eval()
     heads = {"zeroshot": zero_shot_heads(backbone, [attr])[attr.name], f"{adapted.method} (un-adapted)": unadapted,
              adapted.method: adapted}
-    if train_labels is not None:
-        heads = {"zero_r": ZeroRHead(attr, train_labels.class_counts()), **heads}
+    zero_r_name, zero_r, zero_r_note = zero_r_reference(
+        attr, train_labels.class_counts() if train_labels is not None else None, eval_counts=labels.class_counts())
+    heads = {zero_r_name: zero_r, **heads}
     result = predict_attributes(frame, backbone, heads, batch_size=batch_size, progress=progress)
     if not result.failures.empty:
         first = result.failures.iloc[0]
@@ -72,13 +75,14 @@ def compare_adapted(attribute: str, data: str | Path, backbone: Backbone, adapte
                                                      out_dir / f"{attr.name}-{name}-adaptation-confusion.png"))
     unadapted_name = f"{adapted.method} (un-adapted)"
     methods = {name: scored[name] for name in ("zeroshot", adapted.method)}
-    references = {name: scored[name] for name in ("zero_r", unadapted_name) if name in scored}
+    references = {name: scored[name] for name in (zero_r_name, unadapted_name)}
     report = {"attribute": attr.name, "split": split, "data": str(data), "n": len(labels),
               "class_counts": dict(zip(attr.classes, labels.class_counts())),
               "adapted_method": get_method(adapted.method).display_name,
               "backbone": {"model_id": backbone.model_id, "trained": backbone.trained},
               "methods": methods, "references": references, "confusion_pngs": pictures,
               "table": comparison_table({**references, **methods}),
+              "zero_r_source": zero_r_note,
               "changed_by_adaptation": _share_changed(predictions[unadapted_name], predictions[adapted.method]),
               "warnings": pseudo_label_warnings(read_sidecar(sidecar))}
     path = out_dir / f"{attr.name}-adaptation.json"
@@ -124,10 +128,12 @@ def pseudo_label_warnings(sidecar: dict) -> list[str]:
 
 
 def adaptation_table(reports: list[dict]) -> str:
-    """One Markdown table over attributes: a zero-shot row and an adapted row per attribute, plus the gain."""
+    """One Markdown table over attributes: per attribute a ZeroR row (``zero_r (oracle)`` when only the
+    evaluation labels gave its majority class), a zero-shot row, an adapted row, and the adapted − zero-shot gain."""
     lines = ["| attribute | method | " + " | ".join(TABLE_COLUMNS) + " |", "|---" * (len(TABLE_COLUMNS) + 2) + "|"]
     for report in reports:
-        for name, metrics in report["methods"].items():
+        zero_r = {k: v for k, v in report.get("references", {}).items() if k.startswith("zero_r")}
+        for name, metrics in {**zero_r, **report["methods"]}.items():
             cells = ["n/a" if metrics.get(c) is None else f"{metrics[c]:.4f}" for c in TABLE_COLUMNS]
             lines.append(f"| {report['attribute']} | {name} | " + " | ".join(cells) + " |")
         zs, ad = (report["methods"][k] for k in report["methods"])
@@ -145,7 +151,8 @@ def adaptation_details(reports: list[dict]) -> str:
     for report in reports:
         refs, adapted = report["references"], list(report["methods"].values())[-1]
         unadapted = next(v for k, v in refs.items() if k.endswith("(un-adapted)"))
-        zero_r = f"{refs['zero_r']['accuracy']:.4f}" if "zero_r" in refs else "n/a (no training labels)"
+        zero_r = next((f"{v['accuracy']:.4f}" + (" (oracle: majority of the evaluation labels)" if "oracle" in k else "")
+                       for k, v in refs.items() if k.startswith("zero_r")), "n/a")
         changed = report["changed_by_adaptation"]
         lines.append(f"| {report['attribute']} | {zero_r} | {unadapted['accuracy']:.4f} | {adapted['accuracy']:.4f} | "
                      f"{adapted['accuracy'] - unadapted['accuracy']:+.4f} / "

@@ -1,8 +1,9 @@
-"""The ``train`` and ``adapt`` jobs, each one function that the command line and its Prefect flow both call.
+"""The ``train``, ``adapt`` and ``gss`` jobs, each one function that the command line (and a flow) calls.
 
 ``train_head`` loads the backbone and trains one attribute's CLIP-MHAdapter head;
 ``adapt_heads`` loads the backbone and adapts heads to a folder of unlabelled images, and
-optionally compares them with zero-shot on a labelled set. Options left None keep the
+optionally compares them with zero-shot on a labelled set; ``gss_heads`` trains and evaluates the
+heads of several attributes on one Global StreetScapes folder with one backbone. Options left None keep the
 reference values (``classify.train.TrainConfig``, ``classify.adapt.AdaptConfig``).
 """
 
@@ -88,3 +89,67 @@ def adapt_heads(method: str, images: str | Path, attributes: list[str] | None, o
     reports = [compare_adapted(name, eval_data, backbone, out, out, split=eval_split, progress=progress)
                for name in attributes] if eval_data else []
     return AdaptJob(spec.display_name, len(files), backbone, results, reports)
+
+
+@dataclass
+class GssJob:
+    """What ``gss_heads`` did: the backbone, per attribute the training result and the test-split evaluation report."""
+
+    backbone: Any  # classify.backbone.Backbone
+    trained: dict  # attribute -> classify.train.TrainResult
+    reports: dict  # attribute -> classify.evaluate.evaluate_attribute report
+    encode_seconds: float  # wall time spent in backbone passes (0 when every feature came from the cache)
+    images_encoded: int  # images that went through the backbone in this call
+
+
+def gss_heads(attributes: list[str], data: str | Path, heads_dir: str | Path, eval_dir: str | Path, *,
+              model: str = "vit-b16", weights: str | None = None, device: str | None = None,
+              cache_dir: str | Path, mode: str = "cached", epochs: int | None = None,
+              batch_size: int | None = None, seed: int | None = None, num_workers: int | None = None,
+              baseline_config=None, drop_train_overlap: bool = False, progress: bool = True) -> GssJob:
+    """Train the MHAdapter head of every attribute in ``attributes`` on ``data``'s train split (a Global
+    StreetScapes folder) and evaluate each, with ZeroR, zero-shot and the §2.8 baselines, on its test split.
+
+    One backbone, loaded once; every image goes through it once (``cache_dir`` holds its outputs by
+    content hash, so an image labelled for several attributes, a rerun and the evaluation reuse
+    them). Training resumes from its per-epoch state (``heads_dir/.train``), so a killed run loses
+    at most one epoch. Reference adapter settings per attribute; ``mode`` ``cached`` (default: one
+    pass per image, no augmentation) or ``augment`` (the reference: a backbone pass per image and epoch).
+    """
+    import time
+
+    from classify.baselines import BaselineConfig
+    from classify.evaluate import evaluate_attribute
+    from classify.train import REFERENCE_ADAPTERS, TrainConfig, train_attribute, with_overrides
+
+    config = with_overrides(TrainConfig(), mode=mode, epochs=epochs, batch_size=batch_size, seed=seed,
+                            num_workers=num_workers)
+    backbone = load_backbone(model, weights=weights, device=device)
+    spent = {"seconds": 0.0, "images": 0}
+    original = backbone.encode_images
+
+    def timed(pixels):  # measured per-image backbone cost, for the cost table
+        start = time.perf_counter()
+        out = original(pixels)
+        if backbone.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+        spent["seconds"] += time.perf_counter() - start
+        spent["images"] += int(pixels.shape[0])
+        return out
+
+    backbone.encode_images = timed
+    trained, reports = {}, {}
+    try:
+        for name in attributes:
+            trained[name] = train_attribute(name, data, backbone, heads_dir, config=config,
+                                            adapter=REFERENCE_ADAPTERS[name], resume=True, cache_dir=cache_dir,
+                                            progress=progress)
+            reports[name] = evaluate_attribute(name, data, backbone, eval_dir, heads_dir=heads_dir, split="test",
+                                               cache_dir=cache_dir, progress=progress,
+                                               drop_train_overlap=drop_train_overlap,
+                                               baseline_config=baseline_config or BaselineConfig())
+    finally:
+        backbone.encode_images = original
+    return GssJob(backbone, trained, reports, spent["seconds"], spent["images"])

@@ -25,6 +25,7 @@ from contracts.errors import CityAuditError
 from contracts.notices import untrained_warning
 from geo.bbox import bbox_argv
 from flows.config import GROUPS, AdaptationConfig, ModelConfig, RunConfig, cli_flag, run_config
+from flows.gss import add_gss_command
 
 DEPLOYMENT_NAME = "local"
 
@@ -292,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the curated backbones: image size, widths, MHAdapter "
                                  "parameters, cost")
     models.set_defaults(handler=_models)
+    add_gss_command(commands)
     return parser
 
 

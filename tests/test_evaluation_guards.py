@@ -92,7 +92,8 @@ def test_evaluating_on_the_heads_training_images_is_refused(tiny_backbone, train
     assert report["n"] == 4 and "15 images the heads trained on were dropped" in report["notes"]["train_overlap"]
     with open(report["predictions_csv"]) as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 4 and set(rows[0]) == {"image_id", "file", "label", "zeroshot", "mhadapter"}
+    assert len(rows) == 4 and set(rows[0]) == {"image_id", "file", "label", "zero_r", "zeroshot", "mhadapter"}
+    assert "checkpoint" in report["notes"]["zero_r"]  # ZeroR from the training counts the head recorded
     assert all(row["mhadapter"] in get_attribute("pano_status").classes for row in rows)
 
 

@@ -19,7 +19,7 @@ def test_report_compares_every_method_on_the_same_split(tiny_backbone, trained_h
     report = evaluate_attribute("pano_status", pano_csv, tiny_backbone, tmp_path, split="val",
                                 heads_dir=trained_heads.checkpoint.parent, cache_dir=feature_cache_dir,
                                 probe_config=PROBE, progress=False)
-    assert list(report["methods"]) == ["zero_r", "zeroshot", "linear_probe", "mhadapter"]
+    assert list(report["methods"]) == ["zero_r", "zeroshot", "linear_probe", "clip_adapter", "coop", "mhadapter"]
     assert report["n"] == 4 and report["class_counts"] == {"non_panoramic": 2, "panoramic": 2}
     mh = report["methods"]["mhadapter"]
     assert mh["accuracy"] == trained_heads.fit.best_metrics["accuracy"]  # the split the head was selected on
@@ -34,7 +34,8 @@ def test_report_compares_every_method_on_the_same_split(tiny_backbone, trained_h
 
 def test_a_test_csv_without_training_labels_skips_the_probe(tiny_backbone, pano_csv, tmp_path):
     report = evaluate_attribute("pano_status", pano_csv, tiny_backbone, tmp_path, split="test", progress=False)
-    assert list(report["methods"]) == ["zeroshot"] and "skipped" in report["notes"]["linear_probe"]
+    assert list(report["methods"]) == ["zero_r (oracle)", "zeroshot"] and "skipped" in report["notes"]["linear_probe"]
+    assert "oracle" in report["notes"]["zero_r"] and "skipped" in report["notes"]["coop"]
     assert report["n"] == 19
 
 
