@@ -182,3 +182,27 @@ def test_tile_partitions_merge_across_workers(tiled, database):
     assert len(images) == 2 * database.execute("SELECT count(*) FROM images").fetchone()[0]
     with rasterio.open(tiled / "coverage.tif") as src:
         assert src.res == (100.0, 100.0)
+
+
+def test_a_rerun_of_a_tile_part_leaves_no_stale_file(tmp_path):
+    """write_tiles (pyarrow hive dataset): the part's old files go, other parts stay, files are valid GeoParquet."""
+    import pyarrow.parquet as pq
+
+    from warehouse.export import write_tiles
+
+    far = [LineString([(9.16 + i * 0.02, 48.76), (9.161 + i * 0.02, 48.761)]) for i in range(3)]
+    frame = gpd.GeoDataFrame({"segment_id": ["a", "b", "c"], "v": [1.0, 2.0, 3.0]}, geometry=far, crs="EPSG:4326")
+    folder = tmp_path / "tiles"
+    first = write_tiles(frame, folder, "run-a")
+    other = write_tiles(frame.iloc[2:], folder, "run-b")
+    assert len(first) == 3 and len(other) == 1 and {p.name for p in first} == {"run-a.parquet"}
+    report = gpv.check(str(first[0]))
+    assert report["version"] == "1.1.0" and gpv.failed(report) == [], report["outcomes"]
+    schema = pq.read_schema(first[0])
+    assert "tile" not in schema.names and "bbox" in schema.names, "the tile lives in the path only"
+    again = write_tiles(frame.iloc[:1], folder, "run-a")
+    assert len(again) == 1 and sorted(folder.glob("*/run-a.parquet")) == again
+    assert sorted(folder.glob("*/run-b.parquet")) == other
+    merged = gpd.read_parquet(folder)
+    assert sorted(merged["segment_id"]) == ["a", "c"] and set(merged["tile"]) == set(tile_keys(frame.iloc[[0, 2]]))
+    assert [p.name for p in tmp_path.iterdir()] == ["tiles"], "no scratch folder is left behind"
