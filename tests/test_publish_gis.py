@@ -62,6 +62,11 @@ def test_images_layer_has_a_point_style(run_dir):
     first = renderer.find("symbols")[0].find("layer/prop[@k='color']").get("v")
     red, green, blue = (int(class_colours(CLASSES["weather"])["clear"][i:i + 2], 16) for i in (1, 3, 5))
     assert first == f"{red},{green},{blue},255"
+    with sqlite3.connect(run_dir / "segments.gpkg") as db:  # the same style is the images layer's default in QGIS
+        stored = db.execute("""SELECT styleQML, useAsDefault, f_geometry_column FROM layer_styles
+                               WHERE f_table_name = 'images'""").fetchall()
+        geometry_column = db.execute("SELECT column_name FROM gpkg_geometry_columns WHERE table_name = 'images'").fetchone()[0]
+    assert stored == [((run_dir / "styles" / "images.qml").read_text(encoding="utf-8"), 1, geometry_column)]
 
 
 def test_coverage_raster_tells_no_images_from_outside(run_dir):

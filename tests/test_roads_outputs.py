@@ -100,9 +100,14 @@ def test_geopackage_read_back_by_pyogrio_and_duckdb(run_dir, database):
     layers = {name: kind for name, kind in pyogrio.list_layers(path)}
     assert layers == {"segments": "LineString", "images": "Point", "layer_styles": None}
     styles = pyogrio.read_dataframe(path, layer="layer_styles")
-    assert sorted(styles["styleName"]) == sorted(CLASSES) and styles["f_table_name"].eq("segments").all()
-    assert styles.set_index("styleName")["useAsDefault"].astype(bool).to_dict()["weather"]
-    assert styles["useAsDefault"].astype(bool).sum() == 1
+    assert set(styles["f_table_name"]) == {"segments", "images"}
+    segment_styles, image_styles = styles[styles["f_table_name"] == "segments"], styles[styles["f_table_name"] == "images"]
+    assert sorted(segment_styles["styleName"]) == sorted(CLASSES)
+    assert segment_styles.set_index("styleName")["useAsDefault"].astype(bool).to_dict()["weather"]
+    assert segment_styles["useAsDefault"].astype(bool).sum() == 1
+    assert image_styles["styleName"].tolist() == ["weather"] and image_styles["useAsDefault"].astype(bool).all()
+    assert image_styles["styleQML"].iloc[0] == (run_dir / "styles" / "images.qml").read_text(encoding="utf-8")
+    assert (styles["f_geometry_column"] == "geom").all()
     info = pyogrio.read_info(path, layer="segments")
     n_segments = database.execute("SELECT count(*) FROM segments").fetchone()[0]
     assert info["features"] == n_segments and "EPSG:4326" in info["crs"]
