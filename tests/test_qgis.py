@@ -41,7 +41,7 @@ pytestmark = pytest.mark.skipif(
            "apt-get install qgis python3-qgis")
 
 LOAD_SCRIPT = r'''
-import json, sys
+import json, os, sys
 from qgis.core import (Qgis, QgsApplication, QgsCoordinateReferenceSystem, QgsMapRendererSequentialJob,
                        QgsMapSettings, QgsRasterLayer, QgsVectorLayer)
 from qgis.PyQt.QtCore import QSize
@@ -96,8 +96,8 @@ def render(layers, path):
 result["render_errors"] = render([images, segments], out + "/vector.png") + render([coverage], out + "/raster.png")
 app.processEvents()
 result["messages"] = messages
-print("QGIS-RESULT " + json.dumps(result))
-app.exitQgis()
+print("QGIS-RESULT " + json.dumps(result), flush=True)
+os._exit(0)  # QgsApplication.exitQgis() can crash a standalone script at exit (SIGSEGV in 3.22): leave at once
 '''
 GDAL_DIAGNOSTIC = re.compile(r"^(Warning|ERROR) \d+: .*$", re.M)  # CPL's default handler writes these to stderr
 
