@@ -5,7 +5,9 @@
 (function () {
   "use strict";
   var t0 = performance.now();
-  var D = JSON.parse(document.getElementById("city-audit-data").textContent);
+  var dataElement = document.getElementById("city-audit-data");
+  var D = JSON.parse(dataElement.textContent);
+  dataElement.textContent = "";  // the parsed copy is all the page needs: let the browser free the text (tens of MB)
   var S = D.segments, I = D.images;
   var root = document.documentElement;
 
@@ -44,6 +46,7 @@
     }
   }
   var IP = decode(I.xy);
+  S.xy = I.xy = null;  // decoded into typed arrays: the plain arrays would only cost garbage-collection time
 
   // A Leaflet layer that owns one canvas over the map and repaints it after every move or zoom.
   var FeatureCanvas = L.Layer.extend({
@@ -80,7 +83,10 @@
   var current = null, colourOf = new Int16Array(S.n);  // per segment: class index or -1
   function paintSegments(ctx, w) {
     if (!current) return;
-    ctx.lineCap = "round"; ctx.lineJoin = "round"; ctx.globalAlpha = 0.9;
+    var inView = 0;
+    for (var q = 0; q < S.n; q++) if (!(maxU[q] < w.u0 || minU[q] > w.u1 || maxV[q] < w.v0 || minV[q] > w.v1)) inView++;
+    var crowded = inView > 5000;  // a whole city in view: thin lines with plain ends rasterise many times faster
+    ctx.lineCap = crowded ? "butt" : "round"; ctx.lineJoin = crowded ? "miter" : "round"; ctx.globalAlpha = 0.9;
     for (var c = -1; c < current.classes.length; c++) {  // no images first (thin, grey), then each class
       ctx.beginPath();
       var any = false;
@@ -93,20 +99,25 @@
       }
       if (!any) continue;
       ctx.strokeStyle = c < 0 ? D.noDataColour : current.colours[c];
-      ctx.lineWidth = c < 0 ? 2 : 4;
+      ctx.lineWidth = crowded ? (c < 0 ? 1 : 2) : (c < 0 ? 2 : 4);
       ctx.stroke();
     }
   }
   function paintImages(ctx, w) {
-    ctx.beginPath();
+    var inView = [];
     for (var m = 0; m < I.n; m++) {
-      if (IP.u[m] < w.u0 || IP.u[m] > w.u1 || IP.v[m] < w.v0 || IP.v[m] > w.v1) continue;
+      if (!(IP.u[m] < w.u0 || IP.u[m] > w.u1 || IP.v[m] < w.v0 || IP.v[m] > w.v1)) inView.push(m);
+    }
+    var crowded = inView.length > 5000;  // many images in view: small squares, so the streets stay visible
+    ctx.beginPath();
+    inView.forEach(function (m) {
       var x = IP.u[m] * w.scale - w.ox, y = IP.v[m] * w.scale - w.oy;
+      if (crowded) { ctx.rect(x - 1, y - 1, 2, 2); return; }
       ctx.moveTo(x + 4, y);
       ctx.arc(x, y, 4, 0, 2 * Math.PI);
-    }
-    ctx.globalAlpha = 0.8; ctx.fillStyle = "#000000"; ctx.fill();
-    ctx.globalAlpha = 1; ctx.lineWidth = 1; ctx.strokeStyle = "#000000"; ctx.stroke();
+    });
+    ctx.globalAlpha = crowded ? 0.6 : 0.8; ctx.fillStyle = "#000000"; ctx.fill();
+    if (!crowded) { ctx.globalAlpha = 1; ctx.lineWidth = 1; ctx.strokeStyle = "#000000"; ctx.stroke(); }
   }
 
   var map = L.map("map", {attributionControl: true, zoomControl: true});
