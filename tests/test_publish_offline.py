@@ -220,3 +220,20 @@ def test_map_html_stays_under_50_mb_for_100k_segments(tmp_path):
     assert np.abs(xy[starts] - shapely.get_coordinates(lines[first])[::4]).max() < 1e-6
     shares = np.array(data["attrs"]["weather"]["share"]) / 1000
     assert np.abs(shares - columns["weather_share"][first]).max() <= 5e-4
+
+
+@needs_chromium
+def test_the_map_benchmark_runs_small():
+    """benchmarks/map_html.py end to end on a small synthetic city (the README's numbers come from its full size)."""
+    import os
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(repo / "benchmarks" / "map_html.py"), "--segments", "400", "--images", "80",
+                             "--repeats", "1", "--burners", "0"], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(repo)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "400 segments, 80 images" in result.stdout and "bytes a segment" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| idle |"))
+    drawn_s = float(row.split("|")[2].split()[0])
+    assert 0 < drawn_s < 60, row
