@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -61,7 +62,7 @@ def image_href(store: str | os.PathLike, path: str | os.PathLike | None) -> str 
     file = image_file(store, path)
     if not file.is_file():
         return None
-    return file.as_uri() if Path(path).is_absolute() else f"{Path(store).name}/{Path(path).as_posix()}"
+    return file.as_uri() if Path(path).is_absolute() else quote(f"{Path(store).name}/{Path(path).as_posix()}")
 
 
 @dataclass

@@ -14,6 +14,7 @@ os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="city-audit-prefect-")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never try a model hub from the tests
+os.environ.setdefault("CITY_AUDIT_BASEMAP_URL", "off")  # map.png never fetches real tiles (tests serve their own)
 # text-embedding disk cache: a throwaway folder (session fixtures), and a fresh one per test (below)
 os.environ["CITY_AUDIT_TEXT_CACHE"] = tempfile.mkdtemp(prefix="city-audit-text-")
 

@@ -100,9 +100,14 @@ def test_geopackage_read_back_by_pyogrio_and_duckdb(run_dir, database):
     layers = {name: kind for name, kind in pyogrio.list_layers(path)}
     assert layers == {"segments": "LineString", "images": "Point", "layer_styles": None}
     styles = pyogrio.read_dataframe(path, layer="layer_styles")
-    assert sorted(styles["styleName"]) == sorted(CLASSES) and styles["f_table_name"].eq("segments").all()
-    assert styles.set_index("styleName")["useAsDefault"].astype(bool).to_dict()["weather"]
-    assert styles["useAsDefault"].astype(bool).sum() == 1
+    assert set(styles["f_table_name"]) == {"segments", "images"}
+    segment_styles, image_styles = styles[styles["f_table_name"] == "segments"], styles[styles["f_table_name"] == "images"]
+    assert sorted(segment_styles["styleName"]) == sorted(CLASSES)
+    assert segment_styles.set_index("styleName")["useAsDefault"].astype(bool).to_dict()["weather"]
+    assert segment_styles["useAsDefault"].astype(bool).sum() == 1
+    assert image_styles["styleName"].tolist() == ["weather"] and image_styles["useAsDefault"].astype(bool).all()
+    assert image_styles["styleQML"].iloc[0] == (run_dir / "styles" / "images.qml").read_text(encoding="utf-8")
+    assert (styles["f_geometry_column"] == "geom").all()
     info = pyogrio.read_info(path, layer="segments")
     n_segments = database.execute("SELECT count(*) FROM segments").fetchone()[0]
     assert info["features"] == n_segments and "EPSG:4326" in info["crs"]
@@ -182,3 +187,27 @@ def test_tile_partitions_merge_across_workers(tiled, database):
     assert len(images) == 2 * database.execute("SELECT count(*) FROM images").fetchone()[0]
     with rasterio.open(tiled / "coverage.tif") as src:
         assert src.res == (100.0, 100.0)
+
+
+def test_a_rerun_of_a_tile_part_leaves_no_stale_file(tmp_path):
+    """write_tiles (pyarrow hive dataset): the part's old files go, other parts stay, files are valid GeoParquet."""
+    import pyarrow.parquet as pq
+
+    from warehouse.export import write_tiles
+
+    far = [LineString([(9.16 + i * 0.02, 48.76), (9.161 + i * 0.02, 48.761)]) for i in range(3)]
+    frame = gpd.GeoDataFrame({"segment_id": ["a", "b", "c"], "v": [1.0, 2.0, 3.0]}, geometry=far, crs="EPSG:4326")
+    folder = tmp_path / "tiles"
+    first = write_tiles(frame, folder, "run-a")
+    other = write_tiles(frame.iloc[2:], folder, "run-b")
+    assert len(first) == 3 and len(other) == 1 and {p.name for p in first} == {"run-a.parquet"}
+    report = gpv.check(str(first[0]))
+    assert report["version"] == "1.1.0" and gpv.failed(report) == [], report["outcomes"]
+    schema = pq.read_schema(first[0])
+    assert "tile" not in schema.names and "bbox" in schema.names, "the tile lives in the path only"
+    again = write_tiles(frame.iloc[:1], folder, "run-a")
+    assert len(again) == 1 and sorted(folder.glob("*/run-a.parquet")) == again
+    assert sorted(folder.glob("*/run-b.parquet")) == other
+    merged = gpd.read_parquet(folder)
+    assert sorted(merged["segment_id"]) == ["a", "c"] and set(merged["tile"]) == set(tile_keys(frame.iloc[[0, 2]]))
+    assert [p.name for p in tmp_path.iterdir()] == ["tiles"], "no scratch folder is left behind"

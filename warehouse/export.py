@@ -10,7 +10,9 @@ none) and one label/confidence pair per attribute. Both carry GeoParquet 1.1 ``g
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +21,9 @@ import geopandas as gpd
 import mercantile
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import shapely
 
 from contracts.files import write_atomic
@@ -117,17 +122,66 @@ def tile_keys(frame: gpd.GeoDataFrame, zoom: int = TILE_ZOOM) -> pd.Series:
     return pd.Series([f"{t.z}_{t.x}_{t.y}" for t in tiles], index=frame.index, dtype="string")
 
 
+def _geoparquet_table(frame: gpd.GeoDataFrame) -> pa.Table:
+    """``frame`` as the Arrow table ``write_geoparquet`` writes (same columns, types and ``geo`` metadata).
+
+    Goes through geopandas' own GeoParquet writer into memory, so the schema and the GeoParquet 1.1
+    metadata (WKB encoding, PROJJSON CRS, bbox covering column) are exactly those of ``segments.parquet``.
+    """
+    buffer = pa.BufferOutputStream()
+    frame.to_parquet(buffer, index=False, schema_version="1.1.0", write_covering_bbox=True)
+    return pq.read_table(pa.BufferReader(buffer.getvalue()))
+
+
 def write_tiles(frame: gpd.GeoDataFrame, folder: str | os.PathLike, part_name: str, zoom: int = TILE_ZOOM) -> list[Path]:
     """Hive-partitioned GeoParquet: ``folder/tile=<z>_<x>_<y>/<part_name>.parquet``, one file per tile.
 
+    Written by ``pyarrow.dataset.write_dataset`` (hive flavour, partition column ``tile`` in the
+    path only) with the GeoParquet 1.1 ``geo`` metadata of ``write_geoparquet``, except the
+    optional file ``bbox``: one schema serves every partition, so a file-wide bbox would be the
+    whole frame's, not the file's; the per-row covering column ``bbox`` is kept. Rows are in
+    Hilbert order of the whole frame within each tile.
+
     Each worker writes its own ``part_name`` (e.g. its run id), so outputs of several workers
-    merge by copying folders together; readers glob ``folder/*/*.parquet``.
+    merge by copying folders together; readers glob ``folder/*/*.parquet``. A rerun with the same
+    ``part_name`` replaces that part everywhere: its files in tiles it no longer covers are
+    removed, other parts are left alone. The part is written into a temporary folder beside
+    ``folder`` and moved in file by file. Returns the written files, sorted.
     """
     folder = Path(folder)
     keys = tile_keys(frame, zoom)
-    written = []
-    for key in sorted(keys.unique()):
-        written.append(write_geoparquet(frame[keys == key].reset_index(drop=True), folder / f"tile={key}" / f"{part_name}.parquet"))
+    if len(frame) > 1:
+        order = np.lexsort((frame.hilbert_distance().to_numpy(), keys.to_numpy(dtype=object)))
+        frame, keys = frame.iloc[order], keys.iloc[order]
+    table = _geoparquet_table(frame.reset_index(drop=True))
+    geo = json.loads(table.schema.metadata[b"geo"])
+    for column in geo["columns"].values():
+        column.pop("bbox", None)
+    table = table.replace_schema_metadata({**table.schema.metadata, b"geo": json.dumps(geo).encode()})
+    table = table.append_column("tile", pa.array(keys.to_numpy(dtype=object), pa.string()))
+    folder.mkdir(parents=True, exist_ok=True)
+    scratch = folder.parent / f".{folder.name}.partial-{part_name}-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        if len(table):
+            ds.write_dataset(table, scratch, format="parquet", partitioning=["tile"], partitioning_flavor="hive",
+                             basename_template=f"{part_name}-{{i}}.parquet", preserve_order=True,
+                             max_rows_per_group=ROW_GROUP_SIZE, min_rows_per_group=min(ROW_GROUP_SIZE, len(table)),
+                             file_options=ds.ParquetFileFormat().make_write_options(compression="zstd"),
+                             existing_data_behavior="error")
+        for old in folder.glob(f"tile=*/{part_name}.parquet"):  # this part's previous files: none may survive
+            old.unlink()
+        written = []
+        for part in sorted(scratch.glob("tile=*/*.parquet")):  # one file per tile: no size limit is set
+            target = folder / part.parent.name / f"{part_name}.parquet"
+            target.parent.mkdir(exist_ok=True)
+            os.replace(part, target)
+            written.append(target)
+        for empty in folder.glob("tile=*"):
+            if empty.is_dir() and not any(empty.iterdir()):
+                empty.rmdir()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return written
 
 

@@ -1,11 +1,13 @@
 """The interactive map ``map.html``: one self-contained file that opens from disk with no network.
 
 Leaflet (vendored from npm, ``warehouse/vendor/leaflet``, BSD-2 licence notice kept) and the
-page's own script (``map_html.js``) are inlined; the run's data is embedded once as columnar JSON
-(coordinates rounded to 1e-6 degrees, labels as class indices), so a 100,000-segment run stays in
-the tens of MB. Every attribute is a switchable layer (the segment lines are re-coloured, the
-legend follows); images are points with their labels and, where the image store lies beside the
-map, a thumbnail. An UNTRAINED banner shows when the model was untrained; the attribution control
+page's own script (``map_html.js``) are inlined; the run's data is embedded once as compact
+columnar JSON (``map_data``: delta-encoded integer coordinates, word lists, class indices), about
+200 bytes a segment. The script draws all segments and images on one canvas each (a Leaflet layer
+of its own, one stroke per colour, culled to the view) instead of one Leaflet object per feature,
+so a 100,000-segment map opens in a few seconds (``benchmarks/map_html.py``). Every attribute is a
+switchable layer (the segment lines are re-coloured, the legend follows); images are points with
+their labels and, where the image store lies beside the map, a thumbnail. An UNTRAINED banner shows when the model was untrained; the attribution control
 lists every source. The OpenStreetMap background is an overlay that is off by default: it needs
 the network, nothing else does.
 """
@@ -94,41 +96,88 @@ def _values(frame: gpd.GeoDataFrame, column: str, digits: int | None = None) -> 
             for v in series.tolist()]
 
 
+def _scaled(frame: gpd.GeoDataFrame, column: str, factor: float) -> list[int]:
+    """A numeric column as integers ``round(value × factor)``, -1 where missing (shares: per mille)."""
+    if column not in frame:
+        return [-1] * len(frame)
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
+    return np.where(np.isnan(values), -1, np.round(np.nan_to_num(values) * factor)).astype(np.int64).tolist()
+
+
 def _class_index(frame: gpd.GeoDataFrame, column: str, classes: Sequence[str]) -> list[int]:
     index = {c: i for i, c in enumerate(classes)}
     return [index.get(v, -1) for v in _values(frame, column)]
 
 
-def _coords(geometries) -> list[list[float]]:
-    """Each line's vertices as one flat ``[lon, lat, lon, lat, ...]`` list, rounded (multi-lines: parts joined)."""
+def _dictionary(frame: gpd.GeoDataFrame, column: str) -> tuple[list[str], list[int]]:
+    """A text column as its distinct values (sorted) and one index per row (-1 where missing)."""
+    values = _values(frame, column)
+    words = sorted({v for v in values if v is not None}, key=str)
+    index = {w: i for i, w in enumerate(words)}
+    return words, [index.get(v, -1) if v is not None else -1 for v in values]
+
+
+def _delta_coords(geometries) -> tuple[list[int], list[int]]:
+    """Vertices as integers of 1e-6 degrees, delta-encoded along all features, and the vertex count per feature.
+
+    ``[lon0, lat0, dlon1, dlat1, ...]``: the first pair absolute, every further pair the step from
+    the vertex before (across features too, so features in spatial order give small numbers).
+    Multi-part lines are joined part after part.
+    """
     geoms = np.asarray(geometries, dtype=object)
+    if not len(geoms):
+        return [], []
     xy, index = shapely.get_coordinates(geoms, return_index=True)
-    parts = np.split(np.round(xy, COORD_DIGITS), np.searchsorted(index, np.arange(1, len(geoms))))
-    return [part.ravel().tolist() for part in parts] if len(geoms) else []
+    counts = np.bincount(index, minlength=len(geoms))
+    ints = np.round(xy * 10 ** COORD_DIGITS).astype(np.int64)
+    return np.diff(ints, axis=0, prepend=np.zeros((1, 2), np.int64)).ravel().tolist(), counts.tolist()
+
+
+def _spatial_order(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Rows along a Hilbert curve (small coordinate deltas), the index reset."""
+    if len(frame) > 1:
+        frame = frame.iloc[np.argsort(frame.hilbert_distance().to_numpy(), kind="stable")]
+    return frame.reset_index(drop=True)
 
 
 def map_data(segments: gpd.GeoDataFrame, images: gpd.GeoDataFrame, attributes: Mapping[str, Sequence[str]], shown: str, *,
              attribution: Sequence[str], untrained: bool, title: str, image_store: Path | None = None) -> dict:
-    """The JSON object ``map.html`` embeds: segments and images column by column, classes and colours."""
-    segments, images = segments.to_crs("EPSG:4326"), images.to_crs("EPSG:4326")
+    """The JSON object ``map.html`` embeds: segments and images column by column, classes and colours.
+
+    Compact by construction (about 200 bytes a segment): rows in Hilbert order, coordinates as
+    delta-encoded integers of 1e-6 degrees (``xy``, ``nv`` vertices per feature), texts that repeat
+    (street names, road classes, reasons) as indices into a word list, labels as class indices,
+    shares and confidences as integers per mille, lengths in whole metres, an image's segment as the
+    segment's row number; -1 stands for a missing value in every integer column.
+    """
+    segments, images = _spatial_order(segments.to_crs("EPSG:4326")), _spatial_order(images.to_crs("EPSG:4326"))
     bounds = None
     if len(segments) or len(images):
         box = np.vstack([f.total_bounds for f in (segments, images) if len(f)])
         bounds = [[float(box[:, 1].min()), float(box[:, 0].min())], [float(box[:, 3].max()), float(box[:, 2].max())]]
-    seg = {"n": len(segments), "coords": _coords(segments.geometry),
-           **{c: _values(segments, c, 1 if c == "length_m" else None) for c in ("segment_id", "name", "highway", "length_m", "n_images")},
-           "attrs": {a: {"label": _class_index(segments, f"{a}_label", classes), "share": _values(segments, f"{a}_share", 3),
-                         "lo": _values(segments, f"{a}_share_ci_low", 3), "hi": _values(segments, f"{a}_share_ci_high", 3)}
+    xy, nv = _delta_coords(segments.geometry)
+    names, name_index = _dictionary(segments, "name")
+    highways, highway_index = _dictionary(segments, "highway")
+    seg = {"n": len(segments), "xy": xy, "nv": nv, "segment_id": _values(segments, "segment_id"),
+           "names": names, "name": name_index, "highways": highways, "highway": highway_index,
+           "length_m": _scaled(segments, "length_m", 1), "n_images": _scaled(segments, "n_images", 1),
+           "attrs": {a: {"label": _class_index(segments, f"{a}_label", classes),
+                         "share": _scaled(segments, f"{a}_share", 1000), "lo": _scaled(segments, f"{a}_share_ci_low", 1000),
+                         "hi": _scaled(segments, f"{a}_share_ci_high", 1000)}
                      for a, classes in attributes.items()}}
     thumbs = [None] * len(images)
     if image_store is not None and "path" in images:
         thumbs = [image_href(image_store, rel) for rel in _values(images, "path")]
-    img = {"n": len(images), "lon": [round(float(g.x), COORD_DIGITS) for g in images.geometry],
-           "lat": [round(float(g.y), COORD_DIGITS) for g in images.geometry],
-           **{c: _values(images, c, 1 if c == "distance_m" else None)
-              for c in ("image_id", "captured_at", "segment_id", "distance_m", "unmatched_reason")},
+    row = {segment_id: i for i, segment_id in enumerate(seg["segment_id"])}
+    reasons, reason_index = _dictionary(images, "unmatched_reason")
+    image_xy, _ = _delta_coords(images.geometry)
+    img = {"n": len(images), "xy": image_xy, "image_id": _values(images, "image_id"),
+           "captured_at": _values(images, "captured_at"),
+           "segment": [row.get(v, -1) if v is not None else -1 for v in _values(images, "segment_id")],
+           "distance_dm": _scaled(images, "distance_m", 10), "reasons": reasons, "reason": reason_index,
            "labels": {a: _class_index(images, f"{a}_label", classes) for a, classes in attributes.items()},
-           "confidence": {a: _values(images, f"{a}_confidence", 3) for a in attributes}, "thumb": thumbs}
+           "confidence": {a: _scaled(images, f"{a}_confidence", 1000) for a in attributes},
+           "thumb": thumbs}
     return {"title": title, "untrained": untrained, "attribution": list(attribution), "shown": shown,
             "noDataColour": NO_DATA_COLOUR, "bounds": bounds, "empty": not (len(segments) or len(images)),
             "attributes": [{"name": a, "title": a.replace("_", " "), "layer": f"{a.replace('_', ' ')} (dominant label)",

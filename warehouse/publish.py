@@ -53,7 +53,8 @@ def publish_run(database: str | os.PathLike, out: str | os.PathLike, attributes:
                                        "MODEL_TRAINED": str(model_trained).lower()})
         outputs["styles"] = str(out / "styles")
         write_styles(out / "styles", attributes, images_attribute=map_attribute)
-        embed_styles_in_geopackage(outputs["geopackage"], "segments", attributes, default=map_attribute)
+        embed_styles_in_geopackage(outputs["geopackage"], "segments", attributes, default=map_attribute,
+                                   images_layer="images")
         outputs["raster"] = str(write_coverage_raster(con, out / "coverage.tif", attributes, metric_crs, cell_size_m))
         outputs["map_png"] = str(write_map_png(segments, images, out / "map.png", attributes, metric_crs,
                                                title="Dominant label per road segment, by attribute",

@@ -109,27 +109,32 @@ CREATE TABLE IF NOT EXISTS layer_styles (
 
 
 def embed_styles_in_geopackage(path: str | os.PathLike, layer: str, attributes: Mapping[str, Sequence[str]],
-                               default: str, geometry_column: str = "geom") -> int:
+                               default: str, geometry_column: str = "geom", images_layer: str | None = None) -> int:
     """Store one style per attribute in the GeoPackage's ``layer_styles`` table (QGIS's own schema).
 
     ``update_time`` defaults to the GeoPackage DATETIME form (``YYYY-MM-DDTHH:MM:SS.SSSZ``, what
     QGIS itself writes): SQLite's ``CURRENT_TIMESTAMP`` is not a conformant GeoPackage datetime.
 
     QGIS applies the ``default`` attribute's style when the layer is opened; the others are listed
-    under Layer Properties → Symbology → Style → Load Style → From database. Returns the count.
+    under Layer Properties → Symbology → Style → Load Style → From database. With ``images_layer``
+    that point layer also gets its style (``images.qml``'s: points coloured by the ``default``
+    attribute's label), as its default. Returns the number of styles stored.
     """
     import sqlite3
 
+    rows = [(layer, geometry_column, attribute, categorised_style(attribute, classes), int(attribute == default),
+             f"dominant {attribute.replace('_', ' ')} per segment") for attribute, classes in attributes.items()]
+    if images_layer is not None:
+        rows.append((images_layer, geometry_column, default, categorised_style(default, attributes[default], geometry="point"),
+                     1, f"images coloured by their {default.replace('_', ' ')} label"))
     with sqlite3.connect(path) as db:  # one transaction: all styles or none
         db.execute(LAYER_STYLES_DDL)
         db.execute("""INSERT INTO gpkg_contents (table_name, data_type, identifier, description)
                       SELECT 'layer_styles', 'attributes', 'layer_styles', 'QGIS layer styles'
                       WHERE NOT EXISTS (SELECT 1 FROM gpkg_contents WHERE table_name = 'layer_styles')""")
-        db.execute("DELETE FROM layer_styles WHERE f_table_name = ?", (layer,))
+        db.executemany("DELETE FROM layer_styles WHERE f_table_name = ?", sorted({(row[0],) for row in rows}))
         db.executemany(
             """INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, f_geometry_column, styleName,
                                          styleQML, styleSLD, useAsDefault, description, owner, ui)
-               VALUES ('', '', ?, ?, ?, ?, '', ?, ?, 'city-audit', '')""",
-            [(layer, geometry_column, attribute, categorised_style(attribute, classes), int(attribute == default),
-              f"dominant {attribute.replace('_', ' ')} per segment") for attribute, classes in attributes.items()])
-    return len(attributes)
+               VALUES ('', '', ?, ?, ?, ?, '', ?, ?, 'city-audit', '')""", rows)
+    return len(rows)
