@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from conftest import SAMPLE_BBOX
+from tests.fake_mapillary.fixtures import city, fake, mly_env  # noqa: F401 - fixtures
 from warehouse.db import connect
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -53,7 +54,6 @@ def _chunk_digests(out: Path) -> dict[str, str]:
 
 def _assert_same_run(dask_out: Path, local_out: Path, dask_summary: dict, local_summary: dict) -> None:
     assert {k: dask_summary[k] for k in COUNTS} == {k: local_summary[k] for k in COUNTS}
-    assert dask_summary["classification_chunks"] == 4
     ours, theirs = _tables(dask_out), _tables(local_out)
     for name in ours:
         pd.testing.assert_frame_equal(ours[name], theirs[name], check_exact=False, rtol=1e-5, obj=name)
@@ -74,6 +74,7 @@ def test_a_local_cluster_run_equals_the_single_process_run(local_run, tmp_path):
     local_out, local_summary = local_run
     out = tmp_path / "dask"
     summary = _run(out, task_runner="dask", dask_workers=2)
+    assert summary["classification_chunks"] == 4
     _assert_same_run(out, local_out, summary, local_summary)
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["parameters"]["execution"]["task_runner"] == "dask"
@@ -127,3 +128,24 @@ def test_a_worker_killed_mid_run_costs_a_retry_and_nothing_else(local_run, tmp_p
     _assert_same_run(out, local_out, summary, local_summary)
     predictions = _tables(out)["predictions"]
     assert len(predictions) == 19 * 8 and not predictions.duplicated(["image_id", "attribute"]).any()
+
+
+def test_mapillary_tiles_on_a_local_cluster_equal_the_single_process_run(tmp_path, city, mly_env, prefect_harness):
+    """The fake Mapillary server's 4 z14 tiles: discovery and download mapped on the cluster, then 30 images in 3 chunks."""
+    from flows.city_audit import audit
+    from tests.fake_mapillary.fixtures import FAST, city_bbox
+
+    roads = city.roads_geojson(tmp_path / "roads.geojson")
+    options = dict(bbox=str(city_bbox(city)), source="mapillary", roads=str(roads), model="tiny", device="cpu",
+                   max_images=30, chunk_images=12, mapillary={**FAST, "min_spacing_m": 0})
+    local = audit(out=str(tmp_path / "local"), **options)
+    tiles_asked = mly_env.requests["tiles"]
+    clustered = audit(out=str(tmp_path / "dask"), task_runner="dask", dask_workers=2, **options)
+    assert tiles_asked == 4 and local["classification_chunks"] == 3
+    assert {k: clustered[k] for k in COUNTS} == {k: local[k] for k in COUNTS}
+    ours, theirs = _tables(tmp_path / "dask"), _tables(tmp_path / "local")
+    for name in ours:
+        pd.testing.assert_frame_equal(ours[name], theirs[name], check_exact=False, rtol=1e-5, obj=name)
+    assert _chunk_digests(tmp_path / "dask").keys() == _chunk_digests(tmp_path / "local").keys()
+    store = {p.name: p.read_bytes() for p in (tmp_path / "dask" / "images").rglob("*.jpg")}
+    assert len(store) == 30 and store == {p.name: p.read_bytes() for p in (tmp_path / "local" / "images").rglob("*.jpg")}
