@@ -81,6 +81,14 @@ class ImageryConfig(Group):
     def _known_source(cls, source: str) -> str:
         return checked(IMAGERY_SOURCES.get, source).name
 
+    @field_validator("copy_images")
+    @classmethod
+    def _copy_is_for_folders(cls, copy_images: bool, info: ValidationInfo) -> bool:
+        if copy_images and info.data.get("source", "folder") != "folder":
+            raise ValueError(f"--copy-images is for --source folder; source {info.data['source']!r} always stores "
+                             f"its images in the run's image store")
+        return copy_images
+
     @field_validator("images", "mapillary")
     @classmethod
     def _source_can_work(cls, value: Any, info: ValidationInfo) -> Any:

@@ -205,3 +205,5 @@ def test_the_run_configuration_takes_an_area_with_or_without_a_bbox(tmp_path):
         run_config(area_file=str(path), max_area_km2=1, model="tiny")
     with pytest.raises(ConfigError, match="--bbox.*--area FILE"):
         run_config(model="tiny")
+    with pytest.raises(ConfigError, match="--copy-images is for --source folder"):
+        run_config(bbox="9.16,48.76,9.17,48.78", copy_images=True, model="tiny")
