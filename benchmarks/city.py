@@ -219,14 +219,14 @@ def one_size(n: int, work: Path, grid: int) -> dict:
         backbone = load_backbone("tiny", device="cpu")
         fill_feature_cache(work / "cache", backbone)  # 19 pictures; a no-op once filled
     with measured("classify", results, sampler):
-        classified = classify_image_store(collection.images, run.store, backbone=backbone, cache_dir=None,
+        classified = classify_image_store(collection.images, run.store, backbone=backbone, cache_dir=run.work,
                                           feature_cache=work / "cache" / "features", progress=False)
-    parts = [f for f in (collection.failures, classified.failures) if len(f)]
+    parts = [f for f in (collection.failures, classified.failures()) if len(f)]
     failures = pd.concat(parts, ignore_index=True) if parts else failures_frame()
     run.staging.mkdir(parents=True)
     with measured("build database", results, sampler):
         counts = build_run_database(run, images=collection.images, segments=segments,
-                                    predictions=classified.predictions, failures=failures,
+                                    predictions=classified.prediction_files, failures=failures,
                                     metric_crs=bbox.utm_crs(), max_distance_m=25.0, heading_penalty_m=15.0,
                                     slice_by_year=False)
     with measured("publish", results, sampler):
@@ -236,7 +236,7 @@ def one_size(n: int, work: Path, grid: int) -> dict:
                                 attribution=credits, image_store=run.store)
     with measured("finish run", results, sampler):
         summary = finish_run(run, parameters={"benchmark": "city", "images": n}, model=classified.model,
-                             adaptation=None, counts=counts, failures=failures, predictions_reused=False,
+                             adaptation=None, counts=counts, failures=failures, predictions_reused=0,
                              outputs=published, timings_s={k: v["s"] for k, v in results.items()},
                              credits=credits, ingest=collection.counts)
     return {"images": n, "collected": len(collection.images), "segments": summary["segments"],

@@ -41,6 +41,7 @@ from classify.registry import HEAD_METHODS, adaptation_methods
 from classify.microclip import MicroCLIPConfig, RunningMean, build_microclip_head, microclip_loss
 from classify.schema import ATTRIBUTES, get_attribute
 from classify.views import SelfTrainingViews, strong_mode_for
+from contracts.results import image_file
 
 
 @dataclass(frozen=True)
@@ -345,7 +346,7 @@ def adapt_image_store(images: pd.DataFrame, store: str | Path, method: str, attr
     from dataclasses import replace
 
     config = replace(AdaptConfig(), **{k: tuple(v) if isinstance(v, list) else v for k, v in (options or {}).items()})
-    files = [str(Path(store) / p) for p in images["path"]]
+    files = [str(image_file(store, p)) for p in images["path"]]
     results = adapt_images(method, files, attributes, backbone, out_dir, config=config, progress=progress)
     for name in ATTRIBUTES:
         if name in attributes or trained_heads is None:

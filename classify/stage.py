@@ -34,6 +34,7 @@ from classify.features import FeatureCache
 from classify.predict import predict_attributes
 from contracts.errors import CityAuditError
 from contracts.files import write_atomic
+from contracts.results import image_file
 from contracts.tables import PREDICTIONS
 
 #: Images per chunk. 2048 bounds the work a crash can lose (about 4 min on a 2-core CPU with the tiny
@@ -165,7 +166,7 @@ def plan_chunks(images: pd.DataFrame, store: Path, model_ids: Mapping[str, str],
         rows = ordered.iloc[start:start + chunk_images]
         ids = tuple(rows["image_id"])
         key = _digest(model_ids, zip(ids, rows["sha256"].fillna("").astype(str)))
-        plans.append(ChunkPlan(index, key, ids, tuple(str(Path(store) / p) for p in rows["path"]), directory,
+        plans.append(ChunkPlan(index, key, ids, tuple(str(image_file(store, p)) for p in rows["path"]), directory,
                                frozen_ids))
     return plans
 

@@ -31,7 +31,7 @@ IMAGES = pa.schema(
         ("lat", pa.float64()),
         ("width", pa.int32()),
         ("height", pa.int32()),
-        ("path", pa.string()),  # relative to the run's image store
+        ("path", pa.string()),  # relative to the run's image store, or absolute for a folder read in place (results.image_file)
         ("sha256", pa.string()),
         ("fetched_at", pa.timestamp("us", tz="UTC")),
     ]
