@@ -84,6 +84,14 @@ class Run:
         return code
 
 
+def command_line(proc: psutil.Process) -> str:
+    """The process's command line, or '' for one that is gone or a zombie."""
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def marked_processes(marker: str) -> list[psutil.Process]:
     """Every live process whose environment carries ``marker`` (orphans re-parented to init included)."""
     found = []

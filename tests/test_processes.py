@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import psutil
 import pytest
 
-from tests.run_support import Run, accepts, describe, marked_processes, wait_until_gone
+from tests.run_support import Run, accepts, command_line, describe, marked_processes, wait_until_gone
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
 
@@ -14,8 +15,15 @@ WORKERS = {"CITY_AUDIT_DECODE": "processes", "CITY_AUDIT_DECODE_WORKERS": "2"}
 
 def _decode_workers(run: Run) -> list:
     """The run's DataLoader workers: children of its forkserver."""
-    return [p for p in run.descendants() if "forkserver" not in " ".join(p.cmdline())
-            and any("forkserver" in " ".join(parent.cmdline()) for parent in p.parents()[:1])]
+    workers = []
+    for proc in run.descendants():
+        try:
+            parent = proc.parent()
+        except psutil.Error:
+            continue
+        if parent is not None and "forkserver" in command_line(parent) and "forkserver" not in command_line(proc):
+            workers.append(proc)
+    return workers
 
 
 def test_kill_9_during_classification_leaves_no_process_and_no_port(tmp_path):
