@@ -17,7 +17,7 @@ from flows.server import OwnedServer
 from tests.run_support import Run, describe, wait_until_gone
 from warehouse.outputs import LOCK_NAME
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 #: Where to kill: the log line after which the run is inside that stage (the stage before it finished).
 STAGES = {
