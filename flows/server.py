@@ -184,6 +184,7 @@ class ApiServer:
         self.owned: OwnedServer | None = None
         self.deadline_s = deadline_s()
         self.ready_s: float | None = None  # seconds from start to the first healthy answer
+        self._previous_url: str | None = None
 
     @property
     def api_url(self) -> str:
@@ -191,6 +192,7 @@ class ApiServer:
 
     def start(self) -> None:
         if self.configured is None:
+            self._previous_url = os.environ.get("PREFECT_API_URL")
             self.owned = OwnedServer()
             self.owned.start()
             os.environ["PREFECT_API_URL"] = self.owned.api_url  # before Prefect is imported: its settings read it
@@ -225,6 +227,11 @@ class ApiServer:
         if self.owned is not None:
             flush_prefect()
             self.owned.stop()
+            self.owned = None
+            if self._previous_url is None:  # a later run in this process must not take ours for the user's
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = self._previous_url
 
 
 def flush_prefect(timeout_s: float = 10.0) -> None:

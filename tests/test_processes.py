@@ -53,3 +53,52 @@ def test_kill_9_during_classification_leaves_no_process_and_no_port(tmp_path):
     left = wait_until_gone(rerun.marker, timeout_s=5)
     assert not left, f"processes outlived a finished run:\n{describe(left)}"
     assert not marked_processes(run.marker)
+
+
+def test_a_configured_server_that_does_not_answer_is_one_line_and_exit_2(monkeypatch, capsys):
+    from flows.cli import main
+    from flows.server import free_port
+
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{free_port()}/api")
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "1")
+    code = main(["run", "--bbox", "9.16,48.76,9.18,48.78", "--source", "sample", "--model", "tiny",
+                 "--out", "/nonexistent-never-written"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "did not answer within 1 s" in err[0] and "unset PREFECT_API_URL" in err[0]
+
+
+def test_our_server_that_misses_the_deadline_is_retried_once_then_one_error_and_nothing_left(monkeypatch):
+    import os
+
+    import flows.server
+    from flows.server import PrefectStartError, prefect_api
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "0.3")  # no server starts that fast
+    started = []
+    original = flows.server.OwnedServer.start
+
+    def recording_start(self):
+        original(self)
+        started.append(self.process)
+
+    monkeypatch.setattr(flows.server.OwnedServer, "start", recording_start)
+    with pytest.raises(PrefectStartError, match="did not start within 0.3 s, twice"):
+        with prefect_api() as server:
+            server.ready()
+    assert len(started) == 2, "one start and one retry"
+    assert all(p.poll() is not None for p in started), "a server outlived the failed start"
+    assert "PREFECT_API_URL" not in os.environ
+
+
+def test_our_server_answers_then_stops_and_its_port_closes(monkeypatch):
+    from flows.server import prefect_api
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with prefect_api() as server:
+        url = server.ready()
+        process, port = server.owned.process, server.owned.port
+        assert url == f"http://127.0.0.1:{port}/api" and accepts(port)
+        assert process.pid in {p.pid for p in psutil.Process().children()}
+    assert process.poll() is not None and not accepts(port)
