@@ -1,7 +1,7 @@
 """Start-up and fixed cost of a run: imports, Prefect server, decode workers, shutdown.
 
     .venv/bin/python benchmarks/startup.py            # everything below, once
-    .venv/bin/python benchmarks/startup.py --only run --repeats 3
+    .venv/bin/python benchmarks/startup.py --only run --repeats 3 --reuse-server
 
 Parts (each in fresh processes, so nothing is warm from an earlier part):
 
@@ -39,9 +39,11 @@ PY = sys.executable
 SAMPLE_BBOX = "9.16,48.76,9.18,48.78"
 
 
-def _env() -> dict:
+def _env(api_url: str | None = None) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("PREFECT_API_URL", None)  # measure the run's own server unless told otherwise
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
     return env
 
 
@@ -133,14 +135,31 @@ FIRST_STAGE = re.compile(r"Task run 'prepare image store")
 FLOW_END = re.compile(r"Flow run '.*' - Finished in state")
 
 
-def bench_run(repeats: int) -> None:
-    print(f"\n## city-audit run --source sample --model tiny (19 images) ({_load()})")
+def bench_run(repeats: int, reuse_server: bool = False) -> None:
+    server = None
+    if reuse_server:  # a server the user keeps running: the run only checks its health
+        sys.path.insert(0, str(ROOT))
+        from flows.server import OwnedServer
+
+        server = OwnedServer()
+        server.start()
+        assert server.wait(300), server.last_line()
+    how = "with a running server (PREFECT_API_URL)" if server else "starting its own server"
+    print(f"\n## city-audit run --source sample --model tiny (19 images), {how} ({_load()})")
+    try:
+        _runs(repeats, server.api_url if server else None)
+    finally:
+        if server:
+            server.stop()
+
+
+def _runs(repeats: int, api_url: str | None) -> None:
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "out"
             start = time.perf_counter()
             proc = subprocess.Popen([PY, "-m", "flows.cli", "run", "--bbox", SAMPLE_BBOX, "--source", "sample",
-                                     "--model", "tiny", "--out", str(out)], env=_env(), cwd=ROOT,
+                                     "--model", "tiny", "--out", str(out)], env=_env(api_url), cwd=ROOT,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
             first = end = None
             for line in proc.stdout:
@@ -166,6 +185,8 @@ def main() -> None:
     parser.add_argument("--only", choices=["imports", "server", "decode", "run"], action="append")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--images", type=int, default=128, help="images for the decode part (default 128)")
+    parser.add_argument("--reuse-server", action="store_true", help="run part: also time runs against a "
+                        "Prefect server started beforehand (PREFECT_API_URL), as a user who keeps one running")
     args = parser.parse_args()
     parts = args.only or ["imports", "server", "decode", "run"]
     print(f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}")
@@ -177,6 +198,8 @@ def main() -> None:
         bench_decode(args.repeats, args.images)
     if "run" in parts:
         bench_run(args.repeats)
+        if args.reuse_server:
+            bench_run(args.repeats, reuse_server=True)
 
 
 if __name__ == "__main__":

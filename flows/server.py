@@ -59,10 +59,15 @@ def deadline_s() -> float:
 
 
 def configured_api_url() -> str | None:
-    """``PREFECT_API_URL`` from the environment, else from the active Prefect profile, else None."""
+    """``PREFECT_API_URL`` from the environment, else from Prefect's current settings if Prefect is already
+    imported in this process (a test harness, a notebook), else from the active Prefect profile, else None."""
     url = os.environ.get("PREFECT_API_URL", "").strip()
     if url:
         return url
+    if "prefect.settings" in sys.modules:  # already paid for: ask Prefect itself
+        from prefect.settings import PREFECT_API_URL
+
+        return (PREFECT_API_URL.value() or "").strip() or None
     home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
     profiles = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
     if not profiles.is_file():
