@@ -38,6 +38,7 @@ DEADLINE_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 #: Set in the environment of every process a run starts (the API server), with the run's pid.
 RUN_MARKER_ENV = "CITY_AUDIT_RUN_PID"
 POLL_S = 0.1
+_OWNED_URLS: set[str] = set()  # API URLs of servers this process started (and stops)
 STOP_GRACE_S = 5.0
 
 
@@ -67,7 +68,9 @@ def configured_api_url() -> str | None:
     if "prefect.settings" in sys.modules:  # already paid for: ask Prefect itself
         from prefect.settings import PREFECT_API_URL
 
-        return (PREFECT_API_URL.value() or "").strip() or None
+        url = (PREFECT_API_URL.value() or "").strip()
+        # Prefect read the environment at import: a server an earlier run of this process owned is gone
+        return url if url and url not in _OWNED_URLS else None
     home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
     profiles = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
     if not profiles.is_file():
@@ -200,6 +203,7 @@ class ApiServer:
             self._previous_url = os.environ.get("PREFECT_API_URL")
             self.owned = OwnedServer()
             self.owned.start()
+            _OWNED_URLS.add(self.owned.api_url)
             os.environ["PREFECT_API_URL"] = self.owned.api_url  # before Prefect is imported: its settings read it
 
     def ready(self) -> str:
@@ -222,6 +226,7 @@ class ApiServer:
             if attempt == 1:
                 self.owned = OwnedServer()  # a fresh port: the old one may be what failed
                 self.owned.start()
+                _OWNED_URLS.add(self.owned.api_url)
                 os.environ["PREFECT_API_URL"] = self.owned.api_url
         raise PrefectStartError(
             f"Prefect's temporary server did not start within {self.deadline_s:g} s, twice"

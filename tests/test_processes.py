@@ -55,17 +55,23 @@ def test_kill_9_during_classification_leaves_no_process_and_no_port(tmp_path):
     assert not marked_processes(run.marker)
 
 
-def test_a_configured_server_that_does_not_answer_is_one_line_and_exit_2(monkeypatch, capsys):
-    from flows.cli import main
-    from flows.server import free_port
+def test_a_configured_server_that_does_not_answer_is_one_line_and_exit_2(tmp_path):
+    import os
+    import subprocess
+    import sys
 
-    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{free_port()}/api")
-    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "1")
-    code = main(["run", "--bbox", "9.16,48.76,9.18,48.78", "--source", "sample", "--model", "tiny",
-                 "--out", "/nonexistent-never-written"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1, err
+    from flows.server import free_port
+    from tests.run_support import REPO, SAMPLE_BBOX
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1"}
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--bbox", SAMPLE_BBOX, "--source", "sample",
+                             "--model", "tiny", "--out", str(tmp_path / "out")], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    err = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(err) == 1, result.stderr[-2000:]
     assert "did not answer within 1 s" in err[0] and "unset PREFECT_API_URL" in err[0]
+    assert not (tmp_path / "out" / "run.json").exists()
 
 
 def test_our_server_that_misses_the_deadline_is_retried_once_then_one_error_and_nothing_left(monkeypatch):
@@ -101,4 +107,8 @@ def test_our_server_answers_then_stops_and_its_port_closes(monkeypatch):
         process, port = server.owned.process, server.owned.port
         assert url == f"http://127.0.0.1:{port}/api" and accepts(port)
         assert process.pid in {p.pid for p in psutil.Process().children()}
+        import prefect.settings  # noqa: F401 - Prefect may read our URL from the environment now
     assert process.poll() is not None and not accepts(port)
+    from flows.server import configured_api_url
+
+    assert configured_api_url() is None, "a later run in this process must start a server again, not reuse ours"
