@@ -2,7 +2,7 @@
 
 ``predict_attributes`` takes a table of images (``image_id`` and an absolute ``file``) and
 returns predictions in the long ``predictions`` contract plus a failures table for images that
-could not be decoded. Decoding runs in DataLoader worker processes; CUDA gets pinned memory and
+could not be decoded. Decoding runs in a pool of threads (``image_batches``); CUDA gets pinned memory and
 bf16 autocast, the CPU stays in fp32. ``device_decode=True`` reads only the file bytes in the
 workers and decodes JPEGs with ``torchvision.io.decode_jpeg`` on the backbone's device (nvJPEG on
 CUDA), then resizes and normalises there. With a ``feature_cache`` (``classify.features``),
@@ -12,6 +12,12 @@ images whose backbone outputs are cached skip decoding and the backbone entirely
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -27,6 +33,7 @@ from tqdm.auto import tqdm
 from classify.backbone import Backbone, ImageFeatures
 from classify.fused import HeadRunner
 from classify.heads import Head
+from contracts.errors import CityAuditError
 from contracts.tables import PREDICTIONS
 
 
@@ -103,28 +110,160 @@ def image_batches(files: list[str], backbone: Backbone, *, batch_size: int = 32,
     """Yield ``(indices, pixels, bad)`` per batch: positions into ``files``, preprocessed pixels
     (B, 3, S, S) or None, and ``[(position, reason)]`` for files that failed to decode.
 
-    Decoding runs in DataLoader workers (pinned memory on CUDA); with ``device_decode`` the
-    workers only read bytes and JPEG decoding happens on the backbone's device.
+    Decoding runs in a pool of threads inside this process by default (PIL and the tensor
+    transforms release the GIL: no worker start-up, nothing that can outlive the run; see
+    ``decode_plan`` and benchmarks/README.md). ``num_workers`` > 0 (or ``CITY_AUDIT_DECODE=processes``)
+    uses DataLoader worker processes instead; 0 decodes inline. With ``device_decode`` only the
+    file bytes are read there and JPEG decoding happens on the backbone's device.
     """
-    workers = default_num_workers(len(files)) if num_workers is None else num_workers
-    loader = DataLoader(
-        _ImageFiles(files, None if device_decode else backbone.preprocess),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=backbone.device.type == "cuda" and not device_decode,
-        # Workers start from a clean forkserver: forking a process that runs Prefect's server and
-        # logging threads (as a flow task does) can kill a worker at start-up.
-        multiprocessing_context="forkserver" if workers else None,
-    )
+    mode, workers = decode_plan(len(files), num_workers)
+    dataset = _ImageFiles(files, None if device_decode else backbone.preprocess)
+    pin = backbone.device.type == "cuda" and not device_decode
+    if mode == "processes":
+        batches = iter(DataLoader(
+            dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate, pin_memory=pin,
+            # Workers start from a clean forkserver: forking a process that runs Prefect's server and
+            # logging threads (as a flow task does) can kill a worker at start-up.
+            multiprocessing_context=_forkserver(), worker_init_fn=_WorkerGuard(os.getpid()),
+        ))
+    else:
+        batches = _threaded_batches(dataset, batch_size, workers, pin)
     with tqdm(total=len(files), desc=desc, unit="img", disable=not progress) as bar:
-        for indices, pixels, bad in loader:
+        for indices, pixels, bad in batches:
             if device_decode and pixels is not None:
                 good, pixels, device_bad = device_preprocess(pixels, backbone)
                 bad = bad + [(indices[p], reason) for p, reason in device_bad]
                 indices = [indices[p] for p in good]
             yield indices, pixels, bad
             bar.update(len(indices) + len(bad))
+
+
+#: ``threads`` (default), ``processes`` (DataLoader worker processes) or ``inline``.
+DECODE_ENV = "CITY_AUDIT_DECODE"
+#: How many decode threads or processes (default: ``default_num_workers``).
+DECODE_WORKERS_ENV = "CITY_AUDIT_DECODE_WORKERS"
+DECODE_MODES = ("threads", "processes", "inline")
+
+
+def decode_plan(n_images: int, num_workers: int | None = None) -> tuple[str, int]:
+    """How ``n_images`` are decoded: (``threads`` | ``processes`` | ``inline``, worker count).
+
+    An explicit ``num_workers`` means worker processes (0: inline), as DataLoader's argument does;
+    otherwise ``$CITY_AUDIT_DECODE`` and ``$CITY_AUDIT_DECODE_WORKERS`` decide, by default a few
+    threads. A bad value of either raises ``DecodeSettingError``."""
+    if num_workers is not None:
+        return ("processes", num_workers) if num_workers > 0 else ("inline", 0)
+    mode = os.environ.get(DECODE_ENV, "").strip().lower() or "threads"
+    if mode not in DECODE_MODES:
+        raise DecodeSettingError(f"{DECODE_ENV}={mode!r} is not one of {', '.join(DECODE_MODES)}; "
+                                 f"unset it for the default (threads)")
+    raw = os.environ.get(DECODE_WORKERS_ENV, "").strip()
+    if raw and not (raw.isdigit() and int(raw) > 0):
+        raise DecodeSettingError(f"{DECODE_WORKERS_ENV}={raw!r} is not a positive whole number; unset it for the "
+                                 f"default")
+    if mode == "inline" or n_images == 0:
+        return "inline", 0
+    if mode == "processes":
+        return mode, int(raw) if raw else max(1, default_num_workers(n_images))
+    return mode, int(raw) if raw else min(4, max(1, os.cpu_count() or 1), n_images)
+
+
+class DecodeSettingError(CityAuditError):
+    """A bad ``CITY_AUDIT_DECODE`` or ``CITY_AUDIT_DECODE_WORKERS``."""
+
+
+def _threaded_batches(dataset: "_ImageFiles", batch_size: int, threads: int, pin: bool, prefetch_batches: int = 2):
+    """Batches of ``dataset`` in order, decoded by ``threads`` threads (0: inline), up to
+    ``prefetch_batches`` batches ahead of the consumer."""
+    spans = iter(range(0, len(dataset), batch_size))
+
+    def finish(items):
+        indices, pixels, bad = _collate(items)
+        if pin and pixels is not None:
+            pixels = pixels.pin_memory()
+        return indices, pixels, bad
+
+    if threads <= 0:
+        for start in spans:
+            yield finish([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        return
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="city-audit-decode")
+    pending: deque = deque()
+
+    def submit() -> None:
+        start = next(spans, None)
+        if start is not None:
+            pending.append([pool.submit(dataset.__getitem__, i)
+                            for i in range(start, min(start + batch_size, len(dataset)))])
+
+    try:
+        for _ in range(prefetch_batches + 1):
+            submit()
+        while pending:
+            futures = pending.popleft()
+            submit()
+            yield finish([f.result() for f in futures])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_FORKSERVER = None
+
+
+def _forkserver():
+    """The forkserver context for decode worker processes, preloading only this module's light imports.
+
+    Without a preload every worker re-imports whatever unpickling the dataset needs (this module, hence
+    torch and open_clip: ~20 s per run measured). With it the forkserver imports once and workers fork
+    from it ready."""
+    global _FORKSERVER
+    if _FORKSERVER is None:
+        import multiprocessing
+
+        _FORKSERVER = multiprocessing.get_context("forkserver")
+        _FORKSERVER.set_forkserver_preload(["classify.predict"])
+    return _FORKSERVER
+
+
+def die_with_parent(expected_parent: int | None = None) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``); no-op elsewhere.
+
+    ``expected_parent``: the parent's pid at fork time; if it is already gone (it died before the call)
+    the process exits at once."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except OSError:  # no glibc (musl, say): the pid watch below still ends the process
+            pass
+    if expected_parent is not None and os.getppid() != expected_parent:
+        os._exit(1)
+
+
+class _WorkerGuard:
+    """DataLoader ``worker_init_fn``: the worker dies with its forkserver (PDEATHSIG) and leaves as soon as
+    the run process ``run_pid`` is gone (checked every 0.5 s), so ``kill -9`` of the run leaves no worker."""
+
+    def __init__(self, run_pid: int):
+        self.run_pid = run_pid
+
+    def __call__(self, worker_id: int) -> None:
+        die_with_parent()
+        threading.Thread(target=_exit_without, args=(self.run_pid,), daemon=True,
+                         name="city-audit-run-watch").start()
+
+
+def _exit_without(pid: int, interval_s: float = 0.5) -> None:
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:  # a pid reused by another user's process: ours is gone
+            os._exit(1)
+        time.sleep(interval_s)
 
 
 @dataclass
@@ -134,7 +273,7 @@ class PredictionResult:
 
 
 def default_num_workers(n_images: int) -> int:
-    """Worker processes for decoding: none for a handful of images, else up to 8."""
+    """Worker processes for decoding in ``processes`` mode: none for a handful of images, else up to 8."""
     if n_images < 64:
         return 0
     return max(1, min(8, (os.cpu_count() or 2) - 1))

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
 
@@ -41,27 +40,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-class PrefectStartError(CityAuditError):
-    """Prefect's temporary API server did not come up in time, twice."""
-
-
 def _start_flow(config: RunConfig) -> dict:
-    """Run the flow; a temporary Prefect server that does not start in time (a busy machine) gets one more try."""
-    from flows.city_audit import city_audit
+    """Run the flow against the run's Prefect API (``flows.server``): a server of our own starts first, so
+    that it comes up while the flow's modules (torch, open_clip, Prefect) are imported, and stops at the end."""
+    from flows.server import prefect_api
 
-    for attempt in (1, 2):
-        try:
+    with prefect_api() as server:
+        from flows.city_audit import city_audit  # seconds of imports, overlapping the server's start
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        url = server.ready()
+        with temporary_settings(updates={PREFECT_API_URL: url}):
             return city_audit(**config.flow_parameters())
-        except RuntimeError as exc:
-            if "ephemeral Prefect API server" not in str(exc):
-                raise
-            if attempt == 2:
-                timeout = os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]
-                raise PrefectStartError(
-                    f"Prefect's temporary server did not start within {timeout} s, twice (is the machine very busy?); "
-                    "start one with `prefect server start` and set PREFECT_API_URL, or raise "
-                    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") from None
-    raise AssertionError("unreachable")
 
 
 def _print_summary(config: RunConfig, summary: dict) -> None:

@@ -68,6 +68,23 @@ def check_output_folder(out: str | os.PathLike, force: bool = False) -> Path:
     return out
 
 
+def _alive(holder: str) -> bool:
+    """Whether the pid written in a lock file (``pid N``) is a live process; True when unknown.
+
+    The lock itself is an ``flock``: the kernel drops it when its holder dies, even by ``kill -9``,
+    so a stale lock file of a dead run never blocks a rerun; the pid only explains a refusal."""
+    _, _, pid = holder.partition("pid ")
+    if not pid.strip().isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def claim(out: Path, force: bool = False) -> Iterator[Path]:
     """Hold ``out`` for one run: checked (``check_output_folder``), locked, stale staging folders removed."""
@@ -79,6 +96,10 @@ def claim(out: Path, force: bool = False) -> Iterator[Path]:
         except BlockingIOError:
             lock.seek(0)
             holder = lock.read().strip() or "another process"
+            if not _alive(holder):  # the run died, but a process it left (an old decode worker) keeps the lock
+                raise OutputFolderError(f"the city-audit run that held {out / LOCK_NAME} ({holder}) has ended, but a "
+                                        f"process it left still holds the lock; end it (`fuser -k {out / LOCK_NAME}`)"
+                                        f" and run again") from None
             raise OutputFolderError(f"another city-audit run ({holder}) is writing to {out}; wait for it to finish "
                                     f"or choose another --out") from None
         lock.seek(0)
