@@ -27,10 +27,10 @@ from warehouse.runs import finish_run
 
 
 @flow(name="city-audit", log_prints=True, task_runner=SwitchableTaskRunner())
-def city_audit(bbox: str | list[float], area: AreaConfig = AreaConfig(), imagery: ImageryConfig = ImageryConfig(),
-               roads: RoadsConfig = RoadsConfig(), model: ModelConfig = ModelConfig(),
-               adaptation: AdaptationConfig = AdaptationConfig(), matching: MatchingConfig = MatchingConfig(),
-               outputs: OutputsConfig = OutputsConfig(), execution: ExecutionConfig = ExecutionConfig()) -> dict:
+def city_audit(bbox: str | list[float] | None = None, area: AreaConfig = AreaConfig(),
+               imagery: ImageryConfig = ImageryConfig(), roads: RoadsConfig = RoadsConfig(),
+               model: ModelConfig = ModelConfig(), adaptation: AdaptationConfig = AdaptationConfig(),
+               matching: MatchingConfig = MatchingConfig(), outputs: OutputsConfig = OutputsConfig(), execution: ExecutionConfig = ExecutionConfig()) -> dict:
     """Audit the streets in ``bbox``; the parameters are documented field by field in ``flows.config``."""
     config = build_config(dict(bbox=bbox, area=area, imagery=imagery, roads=roads, model=model, adaptation=adaptation,
                                matching=matching, outputs=outputs, execution=execution), flag_names=False)

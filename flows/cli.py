@@ -84,7 +84,7 @@ def addconfig_options(parser: argparse.ArgumentParser) -> None:
     """One option per ``RunConfig`` field, in group order, with the field's name, default and help.
 
     Values reach the configuration as typed on the command line; its fields convert and check them."""
-    parser.add_argument("--bbox", required=True, help=RunConfig.model_fields["bbox"].description)
+    parser.add_argument("--bbox", default=None, help=RunConfig.model_fields["bbox"].description)
     for group, model in GROUPS.items():
         options = parser.add_argument_group(group)
         for name, field in model.model_fields.items():

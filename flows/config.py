@@ -248,7 +248,7 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     area: AreaConfig = AreaConfig()  # before bbox: the area limit applies to it
-    bbox: list[float] = Field(None, description="minlon,minlat,maxlon,maxlat in WGS84, or a JSON list; with --area "
+    bbox: list[float] = Field(None, validate_default=True, description="minlon,minlat,maxlon,maxlat in WGS84, or a JSON list; with --area "
                                                 "the part of the area inside it (default: the area's bounds)")
     imagery: ImageryConfig = ImageryConfig()
     roads: RoadsConfig = RoadsConfig()

@@ -207,3 +207,13 @@ def test_the_run_configuration_takes_an_area_with_or_without_a_bbox(tmp_path):
         run_config(model="tiny")
     with pytest.raises(ConfigError, match="--copy-images is for --source folder"):
         run_config(bbox="9.16,48.76,9.17,48.78", copy_images=True, model="tiny")
+
+
+def test_the_command_line_takes_an_area_without_a_bbox(tmp_path):
+    from flows.cli import build_parser, config_options, main
+    from flows.config import run_config
+
+    path = write_boundary(tmp_path / "city.geojson")
+    args = build_parser().parse_args(["run", "--area", str(path), "--model", "tiny", "--out", str(tmp_path / "out")])
+    assert isinstance(run_config(**config_options(args)).place(), Area)
+    assert main(["run", "--model", "tiny", "--out", str(tmp_path / "out")]) == 2  # neither: one line, exit code 2
