@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the last finished epoch")
     train.set_defaults(handler=_train)
 
-    evaluate = commands.add_parser("evaluate", help="compare ZeroR, zero-shot, linear probe and MHAdapter on one split")
+    evaluate = commands.add_parser("evaluate", help="compare ZeroR, zero-shot, linear probe, CLIP-Adapter, CoOp and "
+                                                    "the trained head on one split")
     evaluate.add_argument("--attribute", required=True, choices=list(ATTRIBUTES))
     evaluate.add_argument("--data", required=True, help="Global StreetScapes folder or a path,label CSV")
     evaluate.add_argument("--heads", help="heads folder with the attribute's checkpoint")

@@ -21,15 +21,16 @@ MARKER_ENV = "CITY_AUDIT_TEST_MARKER"
 
 
 class Run:
-    """One ``city-audit run --source sample --model tiny`` subprocess; its output is read in a thread."""
+    """One ``city-audit run --source sample --model tiny`` subprocess (``source``: other source options);
+    its output is read in a thread."""
 
-    def __init__(self, out: Path, env: dict | None = None):
+    def __init__(self, out: Path, env: dict | None = None, source: list[str] | None = None):
         self.marker = uuid.uuid4().hex
         environment = {**os.environ, "PYTHONPATH": str(REPO), MARKER_ENV: self.marker, "PYTHONUNBUFFERED": "1",
                        **(env or {})}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "run", "--bbox", SAMPLE_BBOX, "--source", "sample", "--model", "tiny",
-             "--out", str(out)],
+            [sys.executable, "-m", "flows.cli", "run", "--bbox", SAMPLE_BBOX, *(source or ["--source", "sample"]),
+             "--model", "tiny", "--out", str(out)],
             cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

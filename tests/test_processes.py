@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
+import pandas as pd
 import psutil
 import pytest
+
+from geo.imagery import SAMPLE_AREA
 
 from tests.run_support import Run, accepts, command_line, describe, marked_processes, wait_until_gone
 
@@ -26,9 +32,27 @@ def _decode_workers(run: Run) -> list:
     return workers
 
 
+def photo_folder(folder: Path, copies: int) -> list[str]:
+    """A folder of ``copies`` x the 19 sample images (so that classification lasts long enough to be caught
+    in the act); returns the ``--source folder`` options for it."""
+    meta = pd.read_parquet(SAMPLE_AREA / "images.parquet").drop(columns=["sha256"])
+    rows = []
+    for copy in range(copies):
+        (folder / f"{copy:03d}").mkdir(parents=True)
+        for row in meta.itertuples(index=False):
+            shutil.copy(SAMPLE_AREA / row.path, folder / f"{copy:03d}" / Path(row.path).name)
+        part = meta.copy()
+        part["image_id"] = [f"{copy:03d}-{i}" for i in meta["image_id"]]
+        part["path"] = [f"{copy:03d}/{Path(p).name}" for p in meta["path"]]
+        rows.append(part)
+    pd.concat(rows, ignore_index=True).to_parquet(folder / "images.parquet")
+    return ["--source", "folder", "--images", str(folder)]
+
+
 def test_kill_9_during_classification_leaves_no_process_and_no_port(tmp_path):
     out = tmp_path / "out"
-    run = Run(out, env=WORKERS)
+    source = photo_folder(tmp_path / "photos", copies=16)  # 304 images: some seconds of decoding on 2 cores
+    run = Run(out, env=WORKERS, source=source)
     try:
         run.wait_for(lambda: run.saw("Task run 'load backbone"), 300, "classification stage")
         ports = run.listening_ports()
@@ -43,12 +67,12 @@ def test_kill_9_during_classification_leaves_no_process_and_no_port(tmp_path):
     assert not left, f"processes outlived kill -9 of the run:\n{describe(left)}"
     assert not [p for p in ports if accepts(p)], f"ports still listening after kill -9: {ports}"
 
-    rerun = Run(out, env=WORKERS)
+    rerun = Run(out, env=WORKERS, source=source)
     try:
         assert rerun.finish(timeout_s=400) == 0, rerun.output[-3000:]
     finally:
         rerun.process.kill()
-    assert "images:                    19" in rerun.output
+    assert "images:                    304" in rerun.output
     assert "Error logging to API" not in rerun.output  # logs were sent before the server stopped
     left = wait_until_gone(rerun.marker, timeout_s=5)
     assert not left, f"processes outlived a finished run:\n{describe(left)}"
@@ -81,6 +105,7 @@ def test_our_server_that_misses_the_deadline_is_retried_once_then_one_error_and_
     from flows.server import PrefectStartError, prefect_api
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr(flows.server, "configured_api_url", lambda: None)  # an earlier test's Prefect settings
     monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "0.3")  # no server starts that fast
     started = []
     original = flows.server.OwnedServer.start
@@ -99,9 +124,11 @@ def test_our_server_that_misses_the_deadline_is_retried_once_then_one_error_and_
 
 
 def test_our_server_answers_then_stops_and_its_port_closes(monkeypatch):
-    from flows.server import prefect_api
+    import flows.server
+    from flows.server import configured_api_url, prefect_api
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr(flows.server, "configured_api_url", lambda: None)  # an earlier test's Prefect settings
     with prefect_api() as server:
         url = server.ready()
         process, port = server.owned.process, server.owned.port
@@ -109,6 +136,4 @@ def test_our_server_answers_then_stops_and_its_port_closes(monkeypatch):
         assert process.pid in {p.pid for p in psutil.Process().children()}
         import prefect.settings  # noqa: F401 - Prefect may read our URL from the environment now
     assert process.poll() is not None and not accepts(port)
-    from flows.server import configured_api_url
-
-    assert configured_api_url() is None, "a later run in this process must start a server again, not reuse ours"
+    assert configured_api_url() != url, "a later run in this process must start a server again, not reuse ours"
