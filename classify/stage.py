@@ -231,14 +231,6 @@ def process_models(model: str, weights: str | None, device: str | None, heads: s
         return _MODELS[key]
 
 
-def remember_models(model: str, weights: str | None, device: str | None, heads: str | None,
-                    backbone: Backbone, built: dict) -> None:
-    """Seed ``process_models`` with a backbone and heads this process already has."""
-    key = (model, weights, device, None if heads is None else str(Path(heads).resolve()))
-    with _MODELS_LOCK:
-        _MODELS.setdefault(key, (backbone, built))
-
-
 def classify_image_store(images: pd.DataFrame, store: Path, *, backbone: Backbone, cache_dir: Path,
                          batch_size: int = 32, heads: str | os.PathLike | None = None,
                          feature_cache: str | os.PathLike | None = None, device_decode: bool = False,

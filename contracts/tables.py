@@ -31,7 +31,8 @@ IMAGES = pa.schema(
         ("lat", pa.float64()),
         ("width", pa.int32()),
         ("height", pa.int32()),
-        ("path", pa.string()),  # relative to the run's image store, or absolute for a folder read in place (results.image_file)
+        ("path", pa.string()),  # relative to the run's image store, or absolute for a folder read in place
+                                #   (resolve it with contracts.results.image_file)
         ("sha256", pa.string()),
         ("fetched_at", pa.timestamp("us", tz="UTC")),
     ]
