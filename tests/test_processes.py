@@ -20,15 +20,21 @@ WORKERS = {"CITY_AUDIT_DECODE": "processes", "CITY_AUDIT_DECODE_WORKERS": "2"}
 
 
 def _decode_workers(run: Run) -> list:
-    """The run's DataLoader workers: children of its forkserver."""
+    """The run's DataLoader workers: the children of its forkserver.
+
+    A worker is forked from the forkserver, so its command line is the forkserver's own; the
+    forkserver is the one such process whose parent (the run) is not a forkserver."""
     workers = []
     for proc in run.descendants():
         try:
             parent = proc.parent()
         except psutil.Error:
             continue
-        if parent is not None and "forkserver" in command_line(parent) and "forkserver" not in command_line(proc):
-            workers.append(proc)
+        if parent is not None and "forkserver" in command_line(proc) and "forkserver" not in command_line(parent):
+            try:
+                workers.extend(proc.children())
+            except psutil.Error:
+                pass
     return workers
 
 
