@@ -20,6 +20,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import duckdb
 import pytest
 from PIL import Image
 
@@ -164,7 +165,34 @@ def test_an_empty_run_publishes_every_output(empty_run):
         assert (empty_run / name).stat().st_size > 0, name
     assert len(gpd.read_parquet(empty_run / "segments.parquet")) == 0
     report = (empty_run / "report.md").read_text()
-    assert "| images | 0 |" in report and "Empty run: no images and no road segments" in report
+    assert "| images | 0 |" in report and "**Empty run.**" in report
+    assert "- no images from source unknown: the image source found no image in this bbox" in report
+
+
+def test_an_empty_run_report_names_each_source_and_the_failures(empty_run, tmp_path):
+    from warehouse.db import connect
+    from warehouse.report import empty_run_causes, write_report
+
+    with connect(empty_run / "audit.duckdb", read_only=True) as con:
+        causes = empty_run_causes(con, images=0, segments=0, matched=0, max_distance_m=25,
+                                  sources={"images": "sample", "roads": "sample"})
+        report = write_report(con, tmp_path / "report.md", run_id="empty", model_trained=False, max_distance_m=25,
+                              outputs={}, sources={"images": "mapillary", "roads": "/data/berlin.osm.pbf"}).read_text()
+    assert causes[0].startswith("no images from source sample: the bundled sample's 19 images lie within 9.1621,")
+    assert causes[1].startswith("no road segments from roads sample: the bundled sample's 190 road segments")
+    assert "- no images from source mapillary: Mapillary has no image in this bbox" in report
+    assert "- no road segments from roads /data/berlin.osm.pbf: the roads file 'berlin.osm.pbf' has no road line" in report
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE failures (item_id VARCHAR, stage VARCHAR, reason VARCHAR)")
+    con.execute("INSERT INTO failures VALUES ('1', 'discover', 'outside bbox'), ('2', 'discover', 'outside bbox'), "
+                "('3', 'download', 'truncated JPEG')")
+    failed = empty_run_causes(con, images=0, segments=5, matched=0, max_distance_m=25, sources={"images": "folder"})
+    assert failed == ["no images: all 3 discovered item(s) failed (most frequent: 2 x discover: outside bbox; "
+                      "1 x download: truncated JPEG); see `failures` in `run.json`"]
+    assert empty_run_causes(con, images=4, segments=5, matched=0, max_distance_m=25) == [
+        "none of the 4 images lies within 25 m of a road segment (see `unmatched_images` in `audit.duckdb`)"]
+    assert empty_run_causes(con, images=4, segments=5, matched=1, max_distance_m=25) == []
 
 
 def test_every_artefact_carries_the_run_attribution(credited):

@@ -17,6 +17,7 @@ import duckdb
 
 from contracts.files import write_text_atomic
 from contracts.notices import UNTRAINED_NOTE
+from geo.sources import SAMPLE_EXTENT
 from warehouse.db import sql
 
 OUTPUT_HELP = {
@@ -34,6 +35,53 @@ OUTPUT_HELP = {
 }
 
 
+#: What each image source says when it found no image in the bbox (``{extent}``: the bundled sample's).
+NO_IMAGES_BECAUSE = {
+    "sample": "the bundled sample's 19 images lie within {extent} (Stuttgart-West) only, and none in this bbox",
+    "mapillary": "Mapillary has no image in this bbox that passed the filters (no coverage, or --start/--end, "
+                 "--max-images and the other Mapillary options excluded them)",
+    "folder": "no image of the folder lies inside this bbox (check its lon/lat columns against the bbox)",
+}
+NO_ROADS_BECAUSE = {
+    "sample": "the bundled sample's 190 road segments lie within {extent} (Stuttgart-West) only, and none in this bbox",
+}
+
+
+def empty_run_causes(con: duckdb.DuckDBPyConnection, *, images: int, segments: int, matched: int,
+                     max_distance_m: float, sources: Mapping[str, str] | None = None) -> list[str]:
+    """Why a run has nothing to map, one sentence per cause; empty when images were matched to roads.
+
+    ``images`` / ``segments`` / ``matched``: the run's counts; ``sources``: ``{"images": <source>,
+    "roads": <'sample' or the roads file>}`` as the run was configured (names the source in each cause).
+    The run's failures (the ``failures`` table) are summarised when no image is left.
+    """
+    sources = dict(sources or {})
+    extent = ",".join(f"{v:g}" for v in SAMPLE_EXTENT)
+    image_source, road_source = sources.get("images"), sources.get("roads")
+    causes = []
+    if not images:
+        failed = con.execute(sql("report_failures")).fetchall()
+        if failed:
+            total = con.execute("SELECT count(*) FROM failures").fetchone()[0]
+            top = "; ".join(f"{n} x {stage}: {reason}" for stage, reason, n in failed)
+            causes.append(f"no images: all {total:,} discovered item(s) failed (most frequent: {top}); "
+                          "see `failures` in `run.json`")
+        else:
+            because = NO_IMAGES_BECAUSE.get(image_source or "", "the image source found no image in this bbox")
+            causes.append(f"no images from source {image_source or 'unknown'}: {because.format(extent=extent)}")
+    if not segments:
+        if road_source in NO_ROADS_BECAUSE:
+            because = NO_ROADS_BECAUSE[road_source].format(extent=extent)
+        else:
+            because = (f"the roads file {Path(road_source).name!r} has no road line of the selected classes in this bbox"
+                       if road_source else "the roads source has no road line in this bbox")
+        causes.append(f"no road segments from roads {road_source or 'unknown'}: {because}")
+    if images and segments and not matched:
+        causes.append(f"none of the {images:,} images lies within {max_distance_m:g} m of a road segment "
+                      "(see `unmatched_images` in `audit.duckdb`)")
+    return causes
+
+
 def _fmt(value, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -43,10 +91,12 @@ def _fmt(value, digits: int = 1) -> str:
 
 
 def write_report(con: duckdb.DuckDBPyConnection, path: str | os.PathLike, *, run_id: str, model_trained: bool | None,
-                 max_distance_m: float, outputs: Mapping[str, str], attribution: Sequence[str] = ()) -> Path:
+                 max_distance_m: float, outputs: Mapping[str, str], attribution: Sequence[str] = (),
+                 sources: Mapping[str, str] | None = None) -> Path:
     """Write ``report.md`` for a built audit database; returns its path.
 
     ``attribution``: the run's credit lines, listed under "Credits" (keep them with anything published).
+    ``sources``: the run's image and road sources (``empty_run_causes``), named when the run is empty.
     """
     cov = con.execute(sql("report_coverage")).df().iloc[0]
     labels = con.execute(sql("report_labels")).df()
@@ -56,10 +106,12 @@ def write_report(con: duckdb.DuckDBPyConnection, path: str | os.PathLike, *, run
              f"- written: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", ""]
     if model_trained is False:
         lines += [f"> **{UNTRAINED_NOTE}** They test the pipeline and are not results.", ""]
-    if not int(cov["images"]) or not int(cov["segments"]):
-        missing = " and ".join(w for w, n in (("no images", cov["images"]), ("no road segments", cov["segments"])) if not int(n))
-        lines += [f"> **Empty run: {missing}.** Every output is written but the maps have nothing to draw. Check the",
-                  "> bbox, the image source and its filters, the roads source, and the failures in `run.json`.", ""]
+    causes = empty_run_causes(con, images=int(cov["images"]), segments=int(cov["segments"]),
+                              matched=int(cov["matched_images"]), max_distance_m=max_distance_m, sources=sources)
+    if causes:
+        title = "Empty run" if not int(cov["images"]) or not int(cov["segments"]) else "Nothing matched"
+        lines += [f"> **{title}.** Every output is written but the maps have nothing to draw, because:", ">"]
+        lines += [f"> - {cause}" for cause in causes] + [""]
     lines += ["## Coverage", "", "| what | value |", "| --- | --- |",
               f"| images | {_fmt(int(cov['images']))} |",
               f"| matched to a road segment (within {max_distance_m:g} m) | {_fmt(int(cov['matched_images']))} |",
