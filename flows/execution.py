@@ -100,6 +100,33 @@ def task_runner_for(execution) -> Iterator[bool]:
         yield True
 
 
+#: The Dask worker resource that marks a GPU worker (``dask worker ... --resources GPU=1``).
+GPU_RESOURCE = "GPU"
+
+
+def classification_placement() -> dict[str, Any]:
+    """Dask annotations for the classification chunks: ``{"resources": {"GPU": 1}}`` when the cluster has
+    workers that advertise a ``GPU`` resource (then only they classify, one chunk per GPU at a time),
+    otherwise none (any worker takes any chunk). Outside a Dask cluster: none."""
+    if not on_cluster():
+        return {}
+    client = FlowRunContext.get().task_runner.current.client
+    workers = client.scheduler_info().get("workers", {})  # every worker (distributed >= 2025 lists all by default)
+    has_gpu = any(float((w.get("resources") or {}).get(GPU_RESOURCE, 0)) > 0 for w in workers.values())
+    return {"resources": {GPU_RESOURCE: 1}} if has_gpu else {}
+
+
+def worker_name() -> str | None:
+    """The Dask worker running the current task (its name, or address), or None outside a worker."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    return str(worker.name) if worker.name is not None else worker.address
+
+
 def on_cluster() -> bool:
     """Whether tasks submitted now go to a Dask cluster."""
     context = FlowRunContext.get()

@@ -32,7 +32,7 @@ from contracts.tables import failures_frame
 from flows.collect import collect_by_unit
 from flows.config import (AdaptationConfig, ExecutionConfig, ImageryConfig, MatchingConfig, ModelConfig, OutputsConfig,
                           RoadsConfig)
-from flows.execution import on_cluster
+from flows.execution import classification_placement, on_cluster, worker_name
 from geo.bbox import BBox
 from geo.imagery import make_source
 from warehouse.build import AuditCounts
@@ -124,6 +124,9 @@ def classify_chunk_task(plan: ChunkPlan, model: ModelConfig, heads: str | None, 
     worker the backbone is loaded once per worker process (``classify.stage.process_models``).
     """
     backbone, built = loaded or process_models(model.model, model.weights, model.device, heads)
+    worker = worker_name()
+    if worker is not None:
+        get_run_logger().info("classify chunk %d on Dask worker %s (%s)", plan.index, worker, backbone.device)
     return classify_chunk(plan, backbone, built, batch_size=model.batch_size, feature_cache=model.feature_cache,
                           device_decode=model.gpu_decode, progress=False)
 
@@ -147,7 +150,15 @@ def classify_images(collection: ImageCollection, folder: RunFolder, backbone: Ba
         logger.info("classification: %d chunk(s) of up to %d images, %d to classify, %d complete from an earlier run",
                     len(plans), execution.chunk_images, todo, len(plans) - todo)
         if on_cluster():
-            chunks = [f.result() for f in classify_chunk_task.map(plans, unmapped(model), unmapped(heads))]
+            import dask
+
+            placement = classification_placement()
+            if placement:
+                logger.info("classification: chunks go to the cluster's GPU workers only (Dask resource %s)",
+                            placement["resources"])
+            with dask.annotate(**placement):
+                futures = classify_chunk_task.map(plans, unmapped(model), unmapped(heads))
+            chunks = [f.result() for f in futures]
         else:
             chunks = []
             for plan in plans:

@@ -149,3 +149,24 @@ def test_mapillary_tiles_on_a_local_cluster_equal_the_single_process_run(tmp_pat
     assert _chunk_digests(tmp_path / "dask").keys() == _chunk_digests(tmp_path / "local").keys()
     store = {p.name: p.read_bytes() for p in (tmp_path / "dask" / "images").rglob("*.jpg")}
     assert len(store) == 30 and store == {p.name: p.read_bytes() for p in (tmp_path / "local" / "images").rglob("*.jpg")}
+def test_classification_chunks_go_to_the_gpu_workers_when_the_cluster_has_them(local_run, tmp_path):
+    """A cluster of a CPU worker and a worker that advertises ``--resources GPU=1``: only the latter classifies
+    (there is no GPU here: the resource is what routes the chunks); the result still equals the local run."""
+    from distributed import Client, Nanny, Scheduler, SpecCluster
+
+    local_out, local_summary = local_run
+    out = tmp_path / "dask-gpu"
+    workers = {"cpu": {"cls": Nanny, "options": {"nthreads": 1}},
+               "gpu": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}}}}
+    with SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": None}}, workers=workers) as cluster, \
+            Client(cluster) as client:
+        client.wait_for_workers(2, timeout=120)
+        summary = _run(out, task_runner="dask", dask_address=cluster.scheduler_address)
+
+        def chunk_keys(dask_worker) -> list[str]:
+            return sorted({str(entry[0]) for entry in dask_worker.state.log if "chunk" in str(entry[0])})
+
+        ran = client.run(chunk_keys)
+        by_name = {info["name"]: ran[address] for address, info in client.scheduler_info()["workers"].items()}
+    assert len(by_name["gpu"]) == 4 and by_name["cpu"] == [], by_name
+    _assert_same_run(out, local_out, summary, local_summary)
