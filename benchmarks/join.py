@@ -281,6 +281,14 @@ def compare(workdir: Path) -> tuple[int, float]:
     return only_one, worst
 
 
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages, where the platform has them."""
+    try:
+        return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
 def _summary(runs: list[dict]) -> dict:
     import statistics
 
@@ -311,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data: {args.points:,} points, {args.segments:,} segments ({info['base_segments']:,} real OSM segments of "
               f"{Path(info['pbf']).name} x {info['copies']} copies), {info['metric_crs']}, "
               f"built in {time.perf_counter() - start:.1f} s; max distance {args.max_distance_m:g} m; "
-              f"{os.cpu_count()} CPUs, {args.threads} threads per engine, {args.repeats} interleaved repeats")
+              f"{os.cpu_count()} CPUs, {args.threads} threads per engine, {args.repeats} interleaved repeats; "
+              f"load average {_load()}")
         engines = {"duckdb ST_DWithin + arg_min": (run_duckdb, ()),
                    "geopandas sjoin_nearest": (run_geopandas, (info["metric_crs"],))}
         if not args.skip_pipeline_sql:
@@ -322,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, (fn, extra) in engines.items():
                 runs[name].append(_isolated(fn, tmp, args.max_distance_m, *extra, args.threads))
         rows = {name: _summary(r) for name, r in runs.items()}
+        print(f"load average after the runs {_load()} (other jobs on the machine stretch wall times; CPU seconds are steadier)")
         print(f"{'engine':36} {'wall s':>7} {'(min-max)':>13} {'CPU s':>7} {'(min-max)':>13} "
               f"{'matched':>10} {'threads':>7} {'RSS loaded MB':>14} {'peak RSS MB':>12}")
         for name, r in rows.items():

@@ -195,3 +195,86 @@ def test_outputs_of_a_run_where_nothing_matched(tmp_path):
     segments = gpd.read_parquet(outputs["segments"])
     assert len(segments) == 1 and segments["n_images"].tolist() == [0] and segments["weather_label"].isna().all()
     assert gpd.read_file(outputs["geopackage"], layer="images")["unmatched_reason"].str.startswith("no segment").all()
+
+
+def _reference_matches(images: pd.DataFrame, segments: gpd.GeoDataFrame, max_distance_m=25.0, penalty_m=15.0,
+                       window_m=10.0) -> dict[str, tuple[set[str], float, float | None]]:
+    """The matching rule recomputed with shapely, image by image: {image_id: (acceptable segment ids, distance, heading difference)}.
+
+    Acceptable: the best by (score, distance, segment_id), plus any other whose score and distance are within
+    1e-9 m of the best's (a tie that rounding in another projection code may break either way).
+    """
+    import numpy as np
+    import shapely
+
+    lines = {sid: shapely.transform(g, lambda c: np.column_stack(TO_M.transform(c[:, 0], c[:, 1]))) for sid, g in zip(segments["segment_id"], segments.geometry)}
+    out = {}
+    for row in images.itertuples():
+        point = shapely.Point(TO_M.transform(row.lon, row.lat))
+        heading = None if row.is_pano is True or pd.isna(row.compass_angle) else float(row.compass_angle)
+        options = []
+        for sid, line in lines.items():
+            d = point.distance(line)
+            if d > max_distance_m:
+                continue
+            diff = None
+            if heading is not None and line.length > 0:
+                at = line.project(point)
+                before = line.interpolate(max(at - window_m, 0.0))
+                after = line.interpolate(min(at + window_m, line.length))
+                bearing = (math.degrees(math.atan2(after.x - before.x, after.y - before.y)) + 360) % 360
+                diff = 90 - abs(90 - abs(heading - bearing) % 180)
+            options.append((d + (penalty_m * diff / 90 if diff is not None else 0.0), d, sid, diff))
+        if options:
+            best = min(options)
+            ok = {o[2] for o in options if abs(o[0] - best[0]) < 1e-9 and abs(o[1] - best[1]) < 1e-9}
+            out[row.image_id] = (ok, best[1], best[3])
+    assert all(np.isfinite(v[1]) for v in out.values())
+    return out
+
+
+# segments in metres: several vertices, a bend, parallels 10 m apart either side of the UTM zone's central
+# meridian (x = 0 here is 9.0 E, so an image on it is exactly equidistant to both), a zero-length segment
+SCENE = {"a_west": [(-5, -60), (-5, 0), (-5, 60)], "b_east": [(5, -60), (5, 60)],
+         "c_bend": [(20, 0), (60, 0), (60, 40), (100, 40)], "d_zigzag": [(-60, -30), (-40, -10), (-20, -30), (0, -10)],
+         "e_dot": [(80, -40), (80, -40)], "f_far": [(0, 500), (50, 500)]}
+
+
+def test_matches_equal_an_independent_computation(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    rows = [
+        {"image_id": "tie_no_heading", "xy": (0, 30), "compass_angle": None},        # equidistant: lower id wins
+        {"image_id": "tie_same_heading", "xy": (0, -40), "compass_angle": 10.0},    # equal scores and distances
+        {"image_id": "tie_pano", "xy": (0, 40), "compass_angle": 0.0, "is_pano": True},
+        {"image_id": "bend_corner", "xy": (63, 20), "compass_angle": 90.0},          # on the bend's northern leg
+        {"image_id": "zigzag", "xy": (-37, -14), "compass_angle": 135.0},  
+        {"image_id": "dot", "xy": (81, -41), "compass_angle": 45.0},                 # a zero-length segment
+        {"image_id": "nothing_near", "xy": (300, 300), "compass_angle": 0.0},
+    ]
+    for k in range(300):
+        kind = k % 3
+        rows.append({"image_id": f"r{k:03d}", "xy": (float(rng.uniform(-80, 120)), float(rng.uniform(-70, 70))),
+                     "compass_angle": None if kind == 0 else float(rng.uniform(0, 360)), "is_pano": kind == 1})
+    images = images_frame(rows)
+    segments = segments_frame(SCENE)
+    expected = _reference_matches(images, segments)
+    with build(tmp_path, images, segments) as con:
+        got = {r[0]: r[1:] for r in con.execute("SELECT image_id, segment_id, distance_m, heading_difference_deg FROM matches").fetchall()}
+    assert set(got) == set(expected)
+    for image_id, (ok, distance, difference) in expected.items():
+        segment_id, got_distance, got_difference = got[image_id]
+        assert segment_id in ok, (image_id, segment_id, ok)
+        if len(ok) == 1:
+            assert got_distance == pytest.approx(distance, abs=1e-6), image_id
+            assert (got_difference is None) == (difference is None), image_id
+            if difference is not None:
+                assert got_difference == pytest.approx(difference, abs=1e-6), image_id
+    # the ties are real ties for the reference, and the pipeline breaks them on the segment id
+    assert expected["tie_no_heading"][0] == {"a_west", "b_east"} and got["tie_no_heading"][0] == "a_west"
+    assert expected["tie_same_heading"][0] == {"a_west", "b_east"} and got["tie_same_heading"][0] == "a_west"
+    assert got["tie_pano"][0] == "a_west" and got["tie_pano"][2] is None
+    assert got["bend_corner"][0] == "c_bend" and got["bend_corner"][2] == pytest.approx(90.0, abs=1e-6)
+    assert got["dot"][0] == "e_dot" and got["dot"][2] is None
+    assert "nothing_near" not in got
