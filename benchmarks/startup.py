@@ -6,8 +6,10 @@
 Parts (each in fresh processes, so nothing is warm from an earlier part):
 
 - ``imports``: wall seconds of ``import flows.cli`` (what the command needs before it checks its
-  options) and ``import flows.city_audit`` (the flow with torch, open_clip, Prefect), and the ten
-  biggest cumulative entries of ``python -X importtime``;
+  options), ``import flows.city_audit`` (the flow: Prefect, pandas, geopandas, DuckDB; what the
+  first stage waits for besides the server) and ``import classify.stage`` (torch, open_clip: what
+  the run imports in the background for its model stages, ``flows.cli.preload``), and the biggest
+  packages under ``python -X importtime`` for the flow and its model stages together;
 - ``server``: seconds from launching the run's own Prefect API server (``flows.server``) to its
   first healthy answer, and to its stop;
 - ``decode``: classifying ``--images`` copies of the sample's JPEGs with the tiny backbone, decoded
@@ -59,12 +61,12 @@ def _timed(args: list[str]) -> float:
 
 def bench_imports(repeats: int) -> None:
     print(f"\n## imports ({_load()})")
-    for module in ("flows.cli", "flows.city_audit"):
+    for module in ("flows.cli", "flows.city_audit", "classify.stage"):
         times = [_timed([PY, "-c", f"import {module}"]) for _ in range(repeats)]
         print(f"import {module:17} {statistics.median(times):6.2f} s wall (min {min(times):.2f}, {repeats} runs, "
               "includes the interpreter's start)")
-    out = subprocess.run([PY, "-X", "importtime", "-c", "import flows.city_audit"], env=_env(), cwd=ROOT,
-                         capture_output=True, text=True, check=True).stderr
+    out = subprocess.run([PY, "-X", "importtime", "-c", "import flows.city_audit, classify.stage"], env=_env(),
+                         cwd=ROOT, capture_output=True, text=True, check=True).stderr
     packages: dict[str, float] = {}
     for line in out.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| *(\S+)", line)
