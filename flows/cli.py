@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-import os
 import sys
 import threading
 import traceback
@@ -46,25 +45,18 @@ def _run(args: argparse.Namespace) -> int:
 
 #: What the flow's model stages import on use (torch, open_clip, timm: ~6 s), loaded ahead by ``preload``.
 MODEL_MODULES = ("classify.stage", "classify.checkpoints")
-PRELOAD_NICE = 10
 
 
 def preload(modules: tuple[str, ...]) -> threading.Thread:
     """Import ``modules`` in a background thread, started while the Prefect server comes up: the flow's
     first stages (collection, roads) then run while torch loads, and the model stages find it loaded.
 
-    The thread runs at ``nice`` +10 from the run's own (Linux): on a busy machine the server, which the first stage waits
-    for, gets the CPU first (server ready after 7-8 s instead of 10-17 s at load 7-9). Only threads
-    started during these imports inherit it (jemalloc's purger); torch's compute threads start with the
-    first operation, in the flow's thread. An import error is left to the stage that imports the
-    module for real, with its own message; the thread is not a daemon, so the interpreter never exits
-    in the middle of an import."""
+    It runs at the run's own priority: at ``nice`` +10 the server came up sooner on a busy machine,
+    but every other process there went before the import too, and the backbone stage then waited
+    4-9 s for it (the total got longer). An import error is left to the stage that imports the
+    module for real, with its own message; the thread is not a daemon, so the interpreter never
+    exits in the middle of an import."""
     def run() -> None:
-        try:  # on Linux a thread's own priority: the server's start and the first stages go first
-            me = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + PRELOAD_NICE))
-        except (AttributeError, OSError):
-            pass
         for name in modules:
             try:
                 importlib.import_module(name)

@@ -6,7 +6,6 @@ each step imports, in a fresh interpreter, and that the background import of the
 
 import gc
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -50,18 +49,6 @@ def test_preload_imports_in_the_background_and_leaves_errors_to_the_stage(monkey
     assert not thread.daemon  # the interpreter never exits in the middle of an import
     thread.join(timeout=60)
     assert not thread.is_alive() and hooked == []
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own priority is a Linux feature")
-def test_preload_runs_below_the_server_and_the_flow_and_leaves_their_priority_alone(tmp_path, monkeypatch):
-    (tmp_path / "city_audit_probe_niceness.py").write_text(
-        "import os, threading\nNICE = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    cli.preload(("city_audit_probe_niceness",)).join(timeout=60)
-    probe = sys.modules.pop("city_audit_probe_niceness")
-    assert probe.NICE == min(19, main_before + cli.PRELOAD_NICE)
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
 
 
 def test_the_model_modules_are_what_the_model_stages_import():
