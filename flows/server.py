@@ -11,7 +11,8 @@ torch and open_clip load:
   the run takes the server with it; ``CITY_AUDIT_RUN_PID`` in its environment names the run.
 
 The deadline is ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` (``flows/__init__`` sets 180 s:
-the server needs 15 s on an idle laptop and 16-39 s on a busy one); a server of our own that misses
+the server needs 4-5 s on an idle 2-core machine, 12-13 s when it first migrates Prefect's database
+(``~/.prefect/prefect.db``, kept for later runs), and 15-40 s on a busy one); a server of our own that misses
 it is stopped and started once more. Failing twice, or a configured server that does not answer, is
 a ``PrefectStartError``: one line saying what to do. Nothing here imports Prefect (2-3 s).
 """

@@ -12,20 +12,15 @@ import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import replace
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import geopandas as gpd
 import pandas as pd
 from prefect import get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
-import classify.backbone
 import geo.roads
-from classify.backbone import Backbone
 from classify.schema import ATTRIBUTES
-from classify.checkpoints import serving_heads
-from classify.stage import (ChunkFiles, ChunkPlan, ClassificationResult, classify_chunk, model_ids_of, model_info,
-                            plan_chunks, process_models, remove_stale_chunks)
 from contracts.notices import untrained_warning
 from contracts.results import ImageCollection, RunFolder
 from contracts.tables import failures_frame
@@ -38,6 +33,12 @@ from geo.imagery import make_source
 from warehouse.build import AuditCounts
 from warehouse.publish import publish_run
 from warehouse.runs import build_run_database
+
+# torch and open_clip (classify.backbone, .checkpoints, .stage: ~6 s of imports) load in the stages that use
+# them, so that the flow module imports in ~2 s and collection can start while they load (flows.cli.preload).
+if TYPE_CHECKING:
+    from classify.backbone import Backbone
+    from classify.stage import ChunkFiles, ChunkPlan, ClassificationResult
 
 _TIMINGS: ContextVar[dict[str, float] | None] = ContextVar("city_audit_timings", default=None)
 
@@ -94,6 +95,8 @@ def load_road_segments(area: BBox, roads: RoadsConfig) -> gpd.GeoDataFrame:
 @stage("load backbone")
 def load_backbone(model: ModelConfig) -> Backbone:
     """The run's backbone, loaded once and shared by adaptation and classification."""
+    import classify.backbone  # imported on use: torch and open_clip
+
     backbone = classify.backbone.load_backbone(model.model, weights=model.weights, device=model.device)
     if not backbone.trained:
         get_run_logger().warning(untrained_warning(model.model))
@@ -123,6 +126,8 @@ def classify_chunk_task(plan: ChunkPlan, model: ModelConfig, heads: str | None, 
     ``loaded``: the run's (backbone, heads) when the chunk runs in the flow's process; on a Dask
     worker the backbone is loaded once per worker process (``classify.stage.process_models``).
     """
+    from classify.stage import classify_chunk, process_models  # imported on use: torch
+
     backbone, built = loaded or process_models(model.model, model.weights, model.device, heads)
     worker = worker_name()
     if worker is not None:
@@ -140,6 +145,9 @@ def classify_images(collection: ImageCollection, folder: RunFolder, backbone: Ba
     submitted from inside another task carries that task's parameters (here the backbone and
     the images table) to every worker, in every chunk's context.
     """
+    from classify.checkpoints import serving_heads  # imported on use: torch
+    from classify.stage import ClassificationResult, model_ids_of, model_info, plan_chunks, remove_stale_chunks
+
     start = time.perf_counter()
     try:
         logger = get_run_logger()
