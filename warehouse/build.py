@@ -9,6 +9,7 @@ its nearest segment (``sql/match_images.sql``), aggregates labels per segment
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +28,23 @@ DEFAULT_BEARING_WINDOW_M = 10.0
 #: Unmatched images report their nearest segment within this many times the matching distance.
 UNMATCHED_SEARCH_FACTOR = 10.0
 WILSON_Z_95 = 1.959964
+#: DuckDB's memory while it builds or publishes a run's database; past it, DuckDB evicts pages it has written and
+#: spills sorts, joins and aggregates to a temporary folder beside the database, so the run's memory does not grow
+#: with its images. ``$CITY_AUDIT_DUCKDB_MEMORY`` (e.g. ``2GB``) overrides it.
+DEFAULT_DUCKDB_MEMORY = "512MB"
+
+
+def duckdb_memory() -> str:
+    value = os.environ.get("CITY_AUDIT_DUCKDB_MEMORY", DEFAULT_DUCKDB_MEMORY).strip()
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*[KMGT]i?B", value, flags=re.IGNORECASE):
+        raise ValueError(f"CITY_AUDIT_DUCKDB_MEMORY={value!r}: give a size such as 512MB or 2GB")
+    return value
+
+
+def limit_memory(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """Cap ``con``'s memory at ``duckdb_memory()``."""
+    con.execute(f"SET memory_limit = '{duckdb_memory()}'")
+    return con
 
 
 @dataclass
@@ -108,6 +126,7 @@ def build_audit_database(database: str | os.PathLike, *, images: pd.DataFrame | 
     database.unlink(missing_ok=True)
     Path(f"{database}.wal").unlink(missing_ok=True)
     with connect(database) as con:
+        limit_memory(con)
         con.execute(ddl())
         _load_images(con, images)
         _load_segments(con, segments)

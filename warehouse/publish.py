@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 
 from contracts.notices import UNTRAINED
 from warehouse.attribution import credit_text, default_attribution
+from warehouse.build import limit_memory
 from warehouse.db import connect
 from warehouse.export import MAP_MAX_IMAGES, export_run, image_count, segments_frame
 from warehouse.map_html import write_map_html
@@ -48,6 +49,7 @@ def publish_run(database: str | os.PathLike, out: str | os.PathLike, attributes:
         map_attribute = next(iter(attributes))
     warning = f" ({UNTRAINED})" if model_trained is False else ""
     with connect(database, read_only=True) as con:
+        limit_memory(con)
         credits = list(attribution) if attribution is not None else default_attribution(con)
         untrained = model_trained is False
         segments = segments_frame(con, list(attributes))  # one row per road segment: the run's size, not its images'
