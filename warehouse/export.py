@@ -103,8 +103,9 @@ def segments_frame(con: duckdb.DuckDBPyConnection, attributes: Sequence[str]) ->
     return gpd.GeoDataFrame(wide.drop(columns="wkb"), geometry=gpd.GeoSeries.from_wkb(wide["wkb"].map(bytes)), crs="EPSG:4326")
 
 
-#: Images pivoted and written per batch of this many (publishing holds one batch, not the whole images table).
-IMAGE_BATCH = 20_000
+#: Images pivoted and written per batch of this many (publishing holds one batch, not the whole images table;
+#: a batch of 5,000 is about 75 MB in pandas: its 8 prediction rows per image, pivoted).
+IMAGE_BATCH = 5_000
 #: map.png and map.html draw at most this many images (every k-th in image_id order past it): their size stays bounded.
 MAP_MAX_IMAGES = 25_000
 #: DuckDB's memory while it sorts the images into Hilbert order for ``images.parquet`` (it spills to disk past it).
@@ -167,11 +168,11 @@ def _images_batch(con: duckdb.DuckDBPyConnection, attributes: Sequence[str], lo:
     return gpd.GeoDataFrame(wide.drop(columns="wkb"), geometry=gpd.GeoSeries.from_wkb(wide["wkb"].map(bytes)), crs="EPSG:4326")
 
 
-def image_batches(con: duckdb.DuckDBPyConnection, attributes: Sequence[str], batch: int = IMAGE_BATCH):
+def image_batches(con: duckdb.DuckDBPyConnection, attributes: Sequence[str], batch: int | None = None):
     """Images with their match (or unmatched reason) and per-attribute labels, one row per image, in image_id
     order, as GeoDataFrames of up to ``batch`` rows (at least one, maybe empty); the types are those of the whole table."""
     dtypes = _image_dtypes(con, attributes)
-    for lo, hi in _image_ranges(con, batch):
+    for lo, hi in _image_ranges(con, batch or IMAGE_BATCH):
         yield _images_batch(con, attributes, lo, hi, dtypes)
 
 
