@@ -213,19 +213,22 @@ def one_size(n: int, work: Path, grid: int) -> dict:
         selected, not_selected = source.select_counted([found.records], bbox)
         part = source.collect_unit(selected, run.store, None, "area")
         collection = source.finish([found], [], selected, not_selected, part, units=1)
+        collection = collection.on_disk(run.work / "images.parquet")  # as flows.stages.collect_images
+        del found, selected, part
     with measured("roads", results, sampler):
         segments = load_road_segments(bbox, str(roads_file))
     with measured("load backbone", results, sampler):
         backbone = load_backbone("tiny", device="cpu")
         fill_feature_cache(work / "cache", backbone)  # 19 pictures; a no-op once filled
     with measured("classify", results, sampler):
-        classified = classify_image_store(collection.images, run.store, backbone=backbone, cache_dir=run.work,
+        classified = classify_image_store(collection.image_frame(["image_id", "path", "sha256"]), run.store,
+                                          backbone=backbone, cache_dir=run.work,
                                           feature_cache=work / "cache" / "features", progress=False)
     parts = [f for f in (collection.failures, classified.failures()) if len(f)]
     failures = pd.concat(parts, ignore_index=True) if parts else failures_frame()
     run.staging.mkdir(parents=True)
     with measured("build database", results, sampler):
-        counts = build_run_database(run, images=collection.images, segments=segments,
+        counts = build_run_database(run, images=collection.image_source(), segments=segments,
                                     predictions=classified.prediction_files, failures=failures,
                                     metric_crs=bbox.utm_crs(), max_distance_m=25.0, heading_penalty_m=15.0,
                                     slice_by_year=False)
@@ -239,7 +242,7 @@ def one_size(n: int, work: Path, grid: int) -> dict:
                              adaptation=None, counts=counts, failures=failures, predictions_reused=0,
                              outputs=published, timings_s={k: v["s"] for k, v in results.items()},
                              credits=credits, ingest=collection.counts)
-    return {"images": n, "collected": len(collection.images), "segments": summary["segments"],
+    return {"images": n, "collected": collection.image_count, "segments": summary["segments"],
             "matched": summary["matched_images"], "predictions": summary["predictions"], "stages": results}
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from contracts.files import write_atomic
 from contracts.tables import IMAGES, failures_frame
 
 
@@ -67,14 +70,54 @@ def image_href(store: str | os.PathLike, path: str | os.PathLike | None) -> str 
 
 @dataclass
 class ImageCollection:
-    """The collect stage's result: the images now in the store, and the items that failed."""
+    """The collect stage's result: the images now in the store, and the items that failed.
 
-    images: pd.DataFrame  # the images contract, one row per image (``path``: see ``image_file``)
+    The images table is either in memory (``images``) or, once the flow's collect stage has put it
+    there (``on_disk``), a Parquet file of the images contract in the run's work folder
+    (``images_file``, ``images`` None): the stages after it read what they need from the file
+    (``image_table`` / ``image_frame`` by column, ``image_batches``), so a run does not hold the
+    whole table between stages.
+    """
+
+    images: pd.DataFrame | None  # the images contract, one row per image (``path``: see ``image_file``)
     failures: pd.DataFrame = field(default_factory=failures_frame)  # item_id, stage, reason
     #: discovered, selected, not_selected (reason -> n), downloaded, failed (reason kind -> n), ...: they add up
     #: (see ``geo.mapillary.counts``); empty when a source does not count
     counts: dict = field(default_factory=dict)
     attribution: str = ""  # the credit line of the source the images came from
+    images_file: Path | None = None  # the images table on disk (Parquet, the images contract) when ``images`` is None
+
+    def on_disk(self, path: str | os.PathLike) -> "ImageCollection":
+        """This collection with its images table written to ``path`` (atomically) and no longer in memory."""
+        if self.images is None:
+            return self
+        table = pa.Table.from_pandas(self.images[list(IMAGES.names)], preserve_index=False)
+        table = table.replace_schema_metadata(None).cast(IMAGES)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda partial: pq.write_table(table, partial, compression="zstd"))
+        return replace(self, images=None, images_file=path)
+
+    def image_table(self, columns: list[str] | None = None) -> pa.Table:
+        """The images table (or some ``columns`` of it) as Arrow."""
+        if self.images is not None:
+            frame = self.images if columns is None else self.images[columns]
+            return pa.Table.from_pandas(frame, preserve_index=False)
+        return pq.read_table(self.images_file, columns=columns)
+
+    def image_frame(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """The images table (or some ``columns`` of it) as pandas, with the contract's types."""
+        if self.images is not None:
+            return self.images if columns is None else self.images[columns]
+        return pq.read_table(self.images_file, columns=columns).to_pandas()
+
+    def image_source(self):
+        """What ``warehouse.build`` loads: the images frame, or the Parquet file DuckDB reads itself."""
+        return self.images if self.images is not None else self.images_file
+
+    @property
+    def image_count(self) -> int:
+        return len(self.images) if self.images is not None else pq.read_metadata(self.images_file).num_rows
 
 
 @dataclass

@@ -83,7 +83,8 @@ def collect_images(area: BBox, imagery: ImageryConfig, folder: RunFolder) -> Ima
     source = make_source(imagery.source, imagery.images, options=imagery.mapillary,
                          allow_outside=imagery.allow_outside_paths, copy_images=imagery.copy_images)
     collection = collect_by_unit(source, area, folder.store, folder.work, imagery.max_images)
-    return replace(collection, attribution=source.attribution)
+    # the images table goes to the work folder: later stages read the columns they need from it
+    return replace(collection, attribution=source.attribution).on_disk(folder.work / "images.parquet")
 
 
 @stage("load road segments")
@@ -108,7 +109,7 @@ def adapt_to_city(collection: ImageCollection, folder: RunFolder, adaptation: Ad
                   trained_heads: str | None) -> dict:
     from classify.adapt import adapt_image_store  # imported on use: open_clip training parts, timm
 
-    return adapt_image_store(collection.images, folder.store, adaptation.adapt,
+    return adapt_image_store(collection.image_frame(), folder.store, adaptation.adapt,
                              list(adaptation.adapt_attributes or ATTRIBUTES), folder.work / f"adapted-{adaptation.adapt}",
                              backbone=backbone, options=adaptation.loop_options(), trained_heads=trained_heads,
                              progress=False)
@@ -152,7 +153,7 @@ def classify_images(collection: ImageCollection, folder: RunFolder, backbone: Ba
     try:
         logger = get_run_logger()
         built = serving_heads(backbone, heads)
-        plans = plan_chunks(collection.images, folder.store, model_ids_of(backbone, built), folder.work,
+        plans = plan_chunks(collection.image_frame(["image_id", "path", "sha256"]), folder.store, model_ids_of(backbone, built), folder.work,
                             execution.chunk_images)
         todo = sum(not p.is_complete() for p in plans)
         logger.info("classification: %d chunk(s) of up to %d images, %d to classify, %d complete from an earlier run",
@@ -183,7 +184,7 @@ def classify_images(collection: ImageCollection, folder: RunFolder, backbone: Ba
 def build_audit_database(folder: RunFolder, area: BBox, collection: ImageCollection, segments: gpd.GeoDataFrame,
                          classified: ClassificationResult, failures: pd.DataFrame, matching: MatchingConfig,
                          outputs: OutputsConfig) -> AuditCounts:
-    return build_run_database(folder, images=collection.images, segments=segments,
+    return build_run_database(folder, images=collection.image_source(), segments=segments,
                               predictions=[str(p) for p in classified.prediction_files],
                               failures=failures, metric_crs=area.utm_crs(), max_distance_m=matching.max_distance_m,
                               heading_penalty_m=matching.heading_penalty_m, slice_by_year=outputs.by_year)

@@ -9,6 +9,7 @@ its nearest segment (``sql/match_images.sql``), aggregates labels per segment
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +28,23 @@ DEFAULT_BEARING_WINDOW_M = 10.0
 #: Unmatched images report their nearest segment within this many times the matching distance.
 UNMATCHED_SEARCH_FACTOR = 10.0
 WILSON_Z_95 = 1.959964
+#: DuckDB's memory while it builds or publishes a run's database; past it, DuckDB evicts pages it has written and
+#: spills sorts, joins and aggregates to a temporary folder beside the database, so the run's memory does not grow
+#: with its images. ``$CITY_AUDIT_DUCKDB_MEMORY`` (e.g. ``2GB``) overrides it.
+DEFAULT_DUCKDB_MEMORY = "512MB"
+
+
+def duckdb_memory() -> str:
+    value = os.environ.get("CITY_AUDIT_DUCKDB_MEMORY", DEFAULT_DUCKDB_MEMORY).strip()
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*[KMGT]i?B", value, flags=re.IGNORECASE):
+        raise ValueError(f"CITY_AUDIT_DUCKDB_MEMORY={value!r}: give a size such as 512MB or 2GB")
+    return value
+
+
+def limit_memory(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """Cap ``con``'s memory at ``duckdb_memory()``."""
+    con.execute(f"SET memory_limit = '{duckdb_memory()}'")
+    return con
 
 
 @dataclass
@@ -39,15 +57,26 @@ class AuditCounts:
     failures: int
 
 
-def _load_images(con: duckdb.DuckDBPyConnection, images: pd.DataFrame) -> None:
-    con.register("images_in", images)
+def _load_images(con: duckdb.DuckDBPyConnection, images: pd.DataFrame | str | os.PathLike) -> None:
+    """Insert the images table: a frame, or a Parquet file of the images contract (read by DuckDB, streaming)."""
+    if isinstance(images, (str, os.PathLike)):
+        con.execute("CREATE TEMP VIEW images_in AS SELECT * FROM read_parquet(" + _quoted(images) + ")")
+    else:
+        con.register("images_in", images)
     con.execute("""
         INSERT INTO images
         SELECT image_id, source, sequence_id, captured_at, compass_angle, is_pano, camera_type, lon, lat,
                ST_Point(lon, lat), width, height, path, sha256, fetched_at
         FROM images_in
     """)
-    con.unregister("images_in")
+    if isinstance(images, (str, os.PathLike)):
+        con.execute("DROP VIEW images_in")
+    else:
+        con.unregister("images_in")
+
+
+def _quoted(path: str | os.PathLike) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
 
 
 def _load_segments(con: duckdb.DuckDBPyConnection, segments: gpd.GeoDataFrame) -> None:
@@ -76,7 +105,7 @@ def _load_predictions(con: duckdb.DuckDBPyConnection, predictions: pa.Table | Se
         con.execute(sql("load_predictions"), {"files": [str(p) for p in predictions], "run_id": run_id})
 
 
-def build_audit_database(database: str | os.PathLike, *, images: pd.DataFrame, segments: gpd.GeoDataFrame,
+def build_audit_database(database: str | os.PathLike, *, images: pd.DataFrame | str | os.PathLike, segments: gpd.GeoDataFrame,
                          predictions: pa.Table | Sequence[str | os.PathLike], failures: pd.DataFrame, run_id: str,
                          metric_crs: str,
                          max_distance_m: float = DEFAULT_MAX_DISTANCE_M,
@@ -85,6 +114,7 @@ def build_audit_database(database: str | os.PathLike, *, images: pd.DataFrame, s
                          slice_by_year: bool = False) -> AuditCounts:
     """Create ``database`` from scratch and fill it; returns row counts for the run manifest.
 
+    ``images``: the images contract as a frame or a Parquet file (``ImageCollection.image_source``);
     ``predictions``: the predictions contract without ``run_id`` (added here), as a table or as the
     classification stage's Parquet chunk files (read by DuckDB in one streaming scan);
     ``metric_crs`` is a projected CRS in metres (e.g. the bbox's UTM zone) used for distances.
@@ -96,6 +126,7 @@ def build_audit_database(database: str | os.PathLike, *, images: pd.DataFrame, s
     database.unlink(missing_ok=True)
     Path(f"{database}.wal").unlink(missing_ok=True)
     with connect(database) as con:
+        limit_memory(con)
         con.execute(ddl())
         _load_images(con, images)
         _load_segments(con, segments)

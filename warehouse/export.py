@@ -11,6 +11,7 @@ none) and one label/confidence pair per attribute. Both carry GeoParquet 1.1 ``g
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -63,12 +64,20 @@ def write_geopackage(layers: dict[str, gpd.GeoDataFrame], path: str | os.PathLik
     """
     def write(partial: Path) -> None:
         for number, (name, frame) in enumerate(layers.items()):
-            options = {"dataset_options": {"VERSION": GEOPACKAGE_VERSION}} if number == 0 else {}
-            if number == 0 and metadata:
-                options["dataset_metadata"] = dict(metadata)
-            frame.to_file(partial, layer=name, driver="GPKG", engine="pyogrio", **options)
+            _write_layer(frame, partial, name, first=number == 0, metadata=metadata)
 
     return write_atomic(path, write)
+
+
+def _write_layer(frame: gpd.GeoDataFrame, path: Path, name: str, *, first: bool = False, append: bool = False,
+                 metadata: dict[str, str] | None = None) -> None:
+    """One layer (or, ``append``, more rows of it) of the GeoPackage of ``write_geopackage``."""
+    options = {"dataset_options": {"VERSION": GEOPACKAGE_VERSION}} if first else {}
+    if first and metadata:
+        options["dataset_metadata"] = dict(metadata)
+    if append:
+        options["append"] = True
+    frame.to_file(path, layer=name, driver="GPKG", engine="pyogrio", **options)
 
 
 def _wide(long: pd.DataFrame, keys: list[str], group: Sequence[str], attributes: Sequence[str]) -> pd.DataFrame:
@@ -94,16 +103,87 @@ def segments_frame(con: duckdb.DuckDBPyConnection, attributes: Sequence[str]) ->
     return gpd.GeoDataFrame(wide.drop(columns="wkb"), geometry=gpd.GeoSeries.from_wkb(wide["wkb"].map(bytes)), crs="EPSG:4326")
 
 
-def images_frame(con: duckdb.DuckDBPyConnection, attributes: Sequence[str]) -> gpd.GeoDataFrame:
-    """Images with their match (or unmatched reason) and per-attribute labels, one row per image."""
-    long = con.execute(sql("export_images")).df()
-    keys = ["image_id", "source", "sequence_id", "captured_at", "compass_angle", "is_pano", "camera_type", "lon", "lat",
-            "width", "height", "path", "sha256", "wkb", "segment_id", "distance_m", "heading_difference_deg",
-            "unmatched_reason"]
-    wide = _wide(long, keys, IMAGE_GROUP, attributes)
+#: Images pivoted and written per batch of this many (publishing holds one batch, not the whole images table;
+#: a batch of 5,000 is about 75 MB in pandas: its 8 prediction rows per image, pivoted).
+IMAGE_BATCH = 5_000
+#: map.png and map.html draw at most this many images (every k-th in image_id order past it): their size stays bounded.
+MAP_MAX_IMAGES = 25_000
+#: DuckDB's memory while it sorts the images into Hilbert order for ``images.parquet`` (it spills to disk past it).
+SORT_MEMORY = "256MB"
+_IMAGE_KEYS = ["image_id", "source", "sequence_id", "captured_at", "compass_angle", "is_pano", "camera_type", "lon",
+               "lat", "width", "height", "path", "sha256", "wkb", "segment_id", "distance_m", "heading_difference_deg",
+               "unmatched_reason"]
+
+
+def _image_ranges(con: duckdb.DuckDBPyConnection, batch: int) -> list[tuple[str | None, str | None]]:
+    """``(lo, hi)`` image_id bounds of consecutive batches of ``batch`` images (one open range when there are none)."""
+    starts = [r[0] for r in con.execute(
+        "SELECT image_id FROM (SELECT image_id, row_number() OVER (ORDER BY image_id) - 1 AS k FROM images) "
+        "WHERE k % $b = 0 ORDER BY image_id", {"b": batch}).fetchall()]
+    if not starts:
+        return [(None, None)]
+    return list(zip(starts, [*starts[1:], None]))
+
+
+def _image_dtypes(con: duckdb.DuckDBPyConnection, attributes: Sequence[str]) -> dict[str, str]:
+    """The pandas dtype of each column that a batch may type otherwise than the whole table would.
+
+    ``DuckDB.df()`` gives an all-NULL text column ``object`` (else ``str``), an integer or boolean
+    column with a NULL ``Int32`` / ``boolean`` (else ``int32`` / ``bool``); decided here over all images,
+    so that every batch, and so every file written batch by batch, has the types of one whole-table read.
+    """
+    types = dict(con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'images'").fetchall())
+    columns = [c for c in _IMAGE_KEYS if c in types and types[c] in ("VARCHAR", "INTEGER", "BOOLEAN")]
+    counts = con.execute("SELECT count(*), " + ", ".join(f'count("{c}")' for c in columns) + " FROM images").fetchone()
+    n, nonnull = counts[0], dict(zip(columns, counts[1:]))
+    plan = {}
+    for c in columns:
+        if types[c] == "VARCHAR":
+            if nonnull[c]:
+                plan[c] = "str"
+        elif types[c] == "INTEGER":
+            plan[c] = "int32" if nonnull[c] == n else "Int32"
+        else:
+            plan[c] = "bool" if nonnull[c] == n else "boolean"
+    if con.execute("SELECT count(segment_id) FROM matches").fetchone()[0]:
+        plan["segment_id"] = "str"
+    if con.execute("SELECT count(reason) FROM unmatched_reasons").fetchone()[0]:
+        plan["unmatched_reason"] = "str"
+    labelled = dict(con.execute("SELECT attribute, count(label) FROM predictions GROUP BY attribute").fetchall())
+    for attribute in attributes:
+        if labelled.get(attribute):
+            plan[f"{attribute}_label"] = "str"
+    if con.execute("SELECT count(method) FROM predictions").fetchone()[0]:
+        plan["method"] = "str"
+    return plan
+
+
+def _images_batch(con: duckdb.DuckDBPyConnection, attributes: Sequence[str], lo: str | None, hi: str | None,
+                  dtypes: dict[str, str]) -> gpd.GeoDataFrame:
+    long = con.execute(sql("export_images"), {"lo": lo, "hi": hi}).df()
+    wide = _wide(long, _IMAGE_KEYS, IMAGE_GROUP, attributes)
     methods = long.dropna(subset=["attribute"]).groupby("image_id")["method"].agg(lambda m: ",".join(sorted(set(m))))
     wide["method"] = wide["image_id"].map(methods)
+    wide = wide.astype({c: t for c, t in dtypes.items() if c in wide and str(wide[c].dtype) != t})
     return gpd.GeoDataFrame(wide.drop(columns="wkb"), geometry=gpd.GeoSeries.from_wkb(wide["wkb"].map(bytes)), crs="EPSG:4326")
+
+
+def image_batches(con: duckdb.DuckDBPyConnection, attributes: Sequence[str], batch: int | None = None):
+    """Images with their match (or unmatched reason) and per-attribute labels, one row per image, in image_id
+    order, as GeoDataFrames of up to ``batch`` rows (at least one, maybe empty); the types are those of the whole table."""
+    dtypes = _image_dtypes(con, attributes)
+    for lo, hi in _image_ranges(con, batch or IMAGE_BATCH):
+        yield _images_batch(con, attributes, lo, hi, dtypes)
+
+
+def images_frame(con: duckdb.DuckDBPyConnection, attributes: Sequence[str]) -> gpd.GeoDataFrame:
+    """Images with their match (or unmatched reason) and per-attribute labels, one row per image (whole, in memory)."""
+    parts = list(image_batches(con, attributes))
+    return parts[0] if len(parts) == 1 else gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs="EPSG:4326")
+
+
+def image_count(con: duckdb.DuckDBPyConnection) -> int:
+    return con.execute("SELECT count(*) FROM images").fetchone()[0]
 
 
 def tile_keys(frame: gpd.GeoDataFrame, zoom: int = TILE_ZOOM) -> pd.Series:
@@ -185,23 +265,141 @@ def write_tiles(frame: gpd.GeoDataFrame, folder: str | os.PathLike, part_name: s
     return written
 
 
-def export_run(segments: gpd.GeoDataFrame, images: gpd.GeoDataFrame, out: str | os.PathLike, *,
-               geopackage: bool = True, tiles_part: str | None = None,
-               metadata: dict[str, str] | None = None) -> dict[str, str]:
-    """Write ``segments.parquet``, ``images.parquet`` and (``geopackage``) ``segments.gpkg`` into ``out``
-    from the frames of ``segments_frame`` and ``images_frame``.
+def _plain(table: pa.Table) -> pa.Table:
+    """``table`` without schema or field metadata (a scratch file DuckDB reads as plain columns)."""
+    return pa.Table.from_arrays(table.columns, schema=pa.schema([pa.field(f.name, f.type) for f in table.schema]))
 
-    ``metadata`` goes into the GeoPackage's dataset metadata. With ``tiles_part`` also ``tiles/segments/tile=*/<tiles_part>.parquet`` and the same for images.
-    Returns the written paths by name.
+
+def _conform(batch: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Table:
+    """``batch`` (read back by DuckDB) with the columns and types of ``schema``."""
+    arrays = []
+    for f in schema:
+        column = batch.column(batch.schema.get_field_index(f.name))
+        arrays.append(pa.nulls(len(column), f.type) if pa.types.is_null(f.type) else column.cast(f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+class _ImagesParquet:
+    """``images.parquet`` written as ``write_geoparquet`` writes the whole frame, from batches in image_id order.
+
+    Each batch goes through geopandas' GeoParquet writer (so columns, types and ``geo`` metadata are
+    geopandas' own) into a scratch Parquet file with its Hilbert distance (over the bounds of all
+    images, as ``hilbert_distance`` of the whole frame) and position; ``finish`` lets DuckDB sort the
+    scratch file by (distance, position) -- the stable argsort of ``write_geoparquet`` -- within
+    ``SORT_MEMORY`` and writes the rows in row groups of ``ROW_GROUP_SIZE``.
+    """
+
+    def __init__(self, path: Path, bounds: Sequence[float] | None):
+        self.path, self.bounds = Path(path), bounds
+        self.scratch = self.path.parent / f".{self.path.name}.unsorted-{os.getpid()}"
+        self.writer, self.schema, self.rows = None, None, 0
+
+    def add(self, frame: gpd.GeoDataFrame) -> None:
+        table = _geoparquet_table(frame.reset_index(drop=True))
+        if self.schema is None:
+            self.schema = table.schema
+            if self.bounds is not None:  # the file's bbox: that of all images, not of the first batch
+                geo = json.loads(self.schema.metadata[b"geo"])
+                geo["columns"][geo["primary_column"]]["bbox"] = [float(v) for v in self.bounds]
+                self.schema = self.schema.with_metadata({**self.schema.metadata, b"geo": json.dumps(geo).encode()})
+        distance = (frame.hilbert_distance(total_bounds=self.bounds).to_numpy() if len(frame) and self.bounds is not None
+                    else np.zeros(len(frame), np.int64))
+        plain = _plain(table).append_column("_h", pa.array(np.asarray(distance, np.int64)))
+        plain = plain.append_column("_pos", pa.array(np.arange(self.rows, self.rows + len(frame), dtype=np.int64)))
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.scratch, plain.schema)
+        self.writer.write_table(plain)
+        self.rows += len(frame)
+
+    def finish(self) -> Path:
+        self.writer.close()
+        try:
+            def write(partial: Path) -> None:
+                with duckdb.connect() as con, pq.ParquetWriter(partial, self.schema, compression="zstd") as out:
+                    con.execute(f"SET memory_limit = '{SORT_MEMORY}'")
+                    con.execute("SET temp_directory = $t", {"t": str(self.path.parent / f".{self.path.name}.tmp")})
+                    con.execute("SET threads = 2")
+                    reader = con.execute("SELECT * EXCLUDE (_h, _pos) FROM read_parquet($f) ORDER BY _h, _pos",
+                                         {"f": str(self.scratch)}).fetch_record_batch(ROW_GROUP_SIZE)
+                    pending, held = [], 0
+                    for batch in reader:
+                        pending.append(_conform(batch, self.schema))
+                        held += batch.num_rows
+                        while held >= ROW_GROUP_SIZE:
+                            whole = pa.concat_tables(pending)
+                            out.write_table(whole.slice(0, ROW_GROUP_SIZE), row_group_size=ROW_GROUP_SIZE)
+                            rest = whole.slice(ROW_GROUP_SIZE)
+                            pending, held = [rest], rest.num_rows
+                    if held or not self.rows:
+                        out.write_table(pa.concat_tables(pending) if pending else self.schema.empty_table(),
+                                        row_group_size=ROW_GROUP_SIZE)
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return write_atomic(self.path, write)
+        finally:
+            self.scratch.unlink(missing_ok=True)
+            shutil.rmtree(self.path.parent / f".{self.path.name}.tmp", ignore_errors=True)
+
+
+def export_run(segments: gpd.GeoDataFrame, images, out: str | os.PathLike, *,
+               geopackage: bool = True, tiles_part: str | None = None,
+               metadata: dict[str, str] | None = None, attributes: Sequence[str] | None = None,
+               map_images: int | None = None) -> dict[str, str]:
+    """Write ``segments.parquet``, ``images.parquet`` and (``geopackage``) ``segments.gpkg`` into ``out``
+    from the frame of ``segments_frame`` and the images: a frame of ``images_frame``, or an open audit
+    database (with ``attributes``), whose images are then read and written batch by batch
+    (``image_batches``): publishing holds one batch, whatever the image count.
+
+    ``metadata`` goes into the GeoPackage's dataset metadata. With ``tiles_part`` also ``tiles/segments/tile=*/<tiles_part>.parquet``
+    and the same for images (the tiles of the images are written from the whole images table).
+    Returns the written paths by name; from a database, with ``map_images`` (a count), also
+    ``"map_images"``: the images for the maps, every k-th in image_id order past that count (a frame).
     """
     out = Path(out)
-    outputs = {"segments": str(write_geoparquet(segments, out / "segments.parquet")),
-               "images": str(write_geoparquet(images, out / "images.parquet"))}
+    outputs = {"segments": str(write_geoparquet(segments, out / "segments.parquet"))}
+    if isinstance(images, gpd.GeoDataFrame):
+        outputs["images"] = str(write_geoparquet(images, out / "images.parquet"))
+        if geopackage:
+            outputs["geopackage"] = str(write_geopackage({"segments": segments, "images": images}, out / "segments.gpkg",
+                                                            metadata=metadata))
+        if tiles_part:
+            write_tiles(segments, out / "tiles" / "segments", tiles_part)
+            write_tiles(images, out / "tiles" / "images", tiles_part)
+            outputs.update(segment_tiles=str(out / "tiles" / "segments"), image_tiles=str(out / "tiles" / "images"))
+        return outputs
+    con, attributes = images, list(attributes)
+    total = image_count(con)
+    bounds = (con.execute("SELECT min(lon), min(lat), max(lon), max(lat) FROM images").fetchone() if total else None)
+    step = max(1, math.ceil(total / map_images)) if map_images else 0
+    sample, tiles = [], []
+    parquet = _ImagesParquet(out / "images.parquet", bounds)
+
+    def stream(gpkg: Path | None) -> None:
+        if gpkg is not None:
+            _write_layer(segments, gpkg, "segments", first=True, metadata=metadata)
+        position = 0
+        for number, batch in enumerate(image_batches(con, attributes)):
+            parquet.add(batch)
+            if gpkg is not None:
+                _write_layer(batch, gpkg, "images", append=number > 0)
+            if step:
+                keep = (np.arange(position, position + len(batch)) % step) == 0
+                sample.append(batch[keep] if step > 1 else batch)
+            if tiles_part:
+                tiles.append(batch)
+            position += len(batch)
+
     if geopackage:
-        outputs["geopackage"] = str(write_geopackage({"segments": segments, "images": images}, out / "segments.gpkg",
-                                                        metadata=metadata))
+        outputs["geopackage"] = str(write_atomic(out / "segments.gpkg", stream))
+    else:
+        stream(None)
+    outputs["images"] = str(parquet.finish())
     if tiles_part:
+        whole = gpd.GeoDataFrame(pd.concat(tiles, ignore_index=True), crs="EPSG:4326")
         write_tiles(segments, out / "tiles" / "segments", tiles_part)
-        write_tiles(images, out / "tiles" / "images", tiles_part)
+        write_tiles(whole, out / "tiles" / "images", tiles_part)
         outputs.update(segment_tiles=str(out / "tiles" / "segments"), image_tiles=str(out / "tiles" / "images"))
+    if step:
+        outputs["map_images"] = (sample[0] if len(sample) == 1
+                                 else gpd.GeoDataFrame(pd.concat(sample, ignore_index=True), crs="EPSG:4326"))
     return outputs

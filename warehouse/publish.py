@@ -14,8 +14,9 @@ from typing import Mapping, Sequence
 
 from contracts.notices import UNTRAINED
 from warehouse.attribution import credit_text, default_attribution
+from warehouse.build import limit_memory
 from warehouse.db import connect
-from warehouse.export import export_run, images_frame, segments_frame
+from warehouse.export import MAP_MAX_IMAGES, export_run, image_count, segments_frame
 from warehouse.map_html import write_map_html
 from warehouse.maps import write_map_png
 from warehouse.raster import DEFAULT_CELL_SIZE_M, write_coverage_raster
@@ -29,8 +30,8 @@ def publish_run(database: str | os.PathLike, out: str | os.PathLike, attributes:
                 metric_crs: str, run_id: str, model_trained: bool | None = None,
                 max_distance_m: float = 25.0, map_attribute: str = DEFAULT_MAP_ATTRIBUTE,
                 cell_size_m: float = DEFAULT_CELL_SIZE_M, partition_by_tile: bool = False,
-                attribution: Sequence[str] | None = None, image_store: str | os.PathLike | None = None
-                ) -> dict[str, str]:
+                attribution: Sequence[str] | None = None, image_store: str | os.PathLike | None = None,
+                map_images: int = MAP_MAX_IMAGES) -> dict[str, str]:
     """Write all planner outputs of a built audit database into ``out``; returns ``{name: path}``.
 
     ``attributes`` maps each attribute to its classes (in class order: it fixes the colours).
@@ -39,28 +40,36 @@ def publish_run(database: str | os.PathLike, out: str | os.PathLike, attributes:
     GeoPackage metadata; without it they are derived from the database (``default_attribution``).
     ``image_store``: the run's image folder, which ends up beside ``map.html`` (default ``out/images``):
     the interactive map shows thumbnails from it.
+    ``map_images``: the most images ``map.png`` and ``map.html`` draw (every k-th in image_id order past it;
+    their titles then say so); the GeoParquet files and the GeoPackage always hold every image. Images are
+    read from the database batch by batch (``warehouse.export.image_batches``): memory does not grow with them.
     """
     out = Path(out)
     if map_attribute not in attributes:
         map_attribute = next(iter(attributes))
     warning = f" ({UNTRAINED})" if model_trained is False else ""
     with connect(database, read_only=True) as con:
+        limit_memory(con)
         credits = list(attribution) if attribution is not None else default_attribution(con)
         untrained = model_trained is False
-        segments, images = segments_frame(con, list(attributes)), images_frame(con, list(attributes))
-        outputs = export_run(segments, images, out, tiles_part=run_id if partition_by_tile else None,
+        segments = segments_frame(con, list(attributes))  # one row per road segment: the run's size, not its images'
+        outputs = export_run(segments, con, out, tiles_part=run_id if partition_by_tile else None,
                              metadata={"ATTRIBUTION": credit_text(credits, "\n"), "RUN_ID": run_id,
-                                       "MODEL_TRAINED": str(model_trained).lower()})
+                                       "MODEL_TRAINED": str(model_trained).lower()},
+                             attributes=list(attributes), map_images=map_images)
+        images = outputs.pop("map_images")  # all images, or every k-th past map_images: the maps' size is bounded
+        total = image_count(con)
+        shown = (f" ({len(images):,} of {total:,} images drawn)" if len(images) < total else "")
         outputs["styles"] = str(out / "styles")
         write_styles(out / "styles", attributes, images_attribute=map_attribute)
         embed_styles_in_geopackage(outputs["geopackage"], "segments", attributes, default=map_attribute,
                                    images_layer="images")
         outputs["raster"] = str(write_coverage_raster(con, out / "coverage.tif", attributes, metric_crs, cell_size_m))
         outputs["map_png"] = str(write_map_png(segments, images, out / "map.png", attributes, metric_crs,
-                                               title="Dominant label per road segment, by attribute",
+                                               title=f"Dominant label per road segment, by attribute{shown}",
                                                attribution=credits, untrained=untrained))
         outputs["map_html"] = str(write_map_html(segments, images, out / "map.html", attributes, map_attribute,
-                                                 title=f"city-audit {run_id}{warning}", attribution=credits,
+                                                 title=f"city-audit {run_id}{warning}{shown}", attribution=credits,
                                                  untrained=untrained,
                                                  image_store=Path(image_store) if image_store else out / "images"))
         outputs["report"] = str(write_report(con, out / "report.md", run_id=run_id, model_trained=model_trained,

@@ -27,6 +27,7 @@ from typing import Mapping, Sequence
 
 import duckdb
 import numpy as np
+import pyarrow.compute as pc
 import rasterio
 import shapely
 from rasterio.features import rasterize
@@ -37,6 +38,8 @@ from contracts.errors import CityAuditError
 from warehouse.defaults import DEFAULT_CELL_SIZE_M
 
 MAX_CELLS = 25_000_000
+#: Rows read from the database at a time.
+BATCH_ROWS = 65_536
 
 
 class RasterTooLargeError(CityAuditError, ValueError):
@@ -46,6 +49,10 @@ class RasterTooLargeError(CityAuditError, ValueError):
 def band_names(attributes: Mapping[str, Sequence[str]]) -> list[str]:
     """The band descriptions in band order: ``image_count`` then ``<attribute>=<class>``."""
     return ["image_count"] + [f"{a}={c}" for a, classes in attributes.items() for c in classes]
+
+
+def _equal(column, value: str) -> np.ndarray:
+    return pc.fill_null(pc.equal(column, value), False).to_numpy(zero_copy_only=False)
 
 
 def write_coverage_raster(con: duckdb.DuckDBPyConnection, path: str | os.PathLike, attributes: Mapping[str, Sequence[str]],
@@ -70,28 +77,46 @@ def write_coverage_raster(con: duckdb.DuckDBPyConnection, path: str | os.PathLik
     if width * height > MAX_CELLS:
         raise RasterTooLargeError(f"a {cell_size_m:g} m grid would have {width * height:,} cells; use a larger cell size")
     y_top = y0 + height * cell_size_m
-    rows = con.execute("""
-        SELECT i.image_id, ST_X(g) AS x, ST_Y(g) AS y, p.attribute, p.label
-        FROM (SELECT image_id, ST_Transform(geometry, 'EPSG:4326', $crs, always_xy := true) AS g FROM images) i
-        LEFT JOIN predictions p USING (image_id)
-    """, {"crs": metric_crs}).df()
     names = band_names(attributes)
     bands = np.zeros((len(names), height, width), dtype=np.float64)
-    col = np.clip(((rows["x"] - x0) // cell_size_m).astype(int), 0, width - 1).to_numpy()
-    row = np.clip(((y_top - rows["y"]) // cell_size_m).astype(int), 0, height - 1).to_numpy()
-    first = ~rows["image_id"].duplicated().to_numpy()
-    np.add.at(bands[0], (row[first], col[first]), 1)
+
+    def cells(batch) -> tuple[np.ndarray, np.ndarray]:
+        x, y = batch.column("x").to_numpy(), batch.column("y").to_numpy()
+        col = np.clip(((x - x0) // cell_size_m).astype(int), 0, width - 1)
+        row = np.clip(((y_top - y) // cell_size_m).astype(int), 0, height - 1)
+        return row, col
+
+    # read batch by batch (memory does not grow with the images): the images once each, then their predictions
+    for batch in con.execute("""
+        SELECT ST_X(g) AS x, ST_Y(g) AS y
+        FROM (SELECT ST_Transform(geometry, 'EPSG:4326', $crs, always_xy := true) AS g FROM images)
+    """, {"crs": metric_crs}).fetch_record_batch(BATCH_ROWS):
+        np.add.at(bands[0], cells(batch), 1)
+    totals = {attribute: np.zeros((height, width)) for attribute in attributes}
+    band_of = {}
     index = 1
     for attribute, classes in attributes.items():
-        of_attribute = (rows["attribute"] == attribute).to_numpy()
-        total = np.zeros((height, width))
-        np.add.at(total, (row[of_attribute], col[of_attribute]), 1)
         for cls in classes:
-            hit = of_attribute & (rows["label"] == cls).to_numpy()
-            np.add.at(bands[index], (row[hit], col[hit]), 1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                bands[index] = np.where(total > 0, bands[index] / total, np.nan)
+            band_of[(attribute, cls)] = index
             index += 1
+    for batch in con.execute("""
+        SELECT ST_X(i.g) AS x, ST_Y(i.g) AS y, p.attribute, p.label
+        FROM (SELECT image_id, ST_Transform(geometry, 'EPSG:4326', $crs, always_xy := true) AS g FROM images) i
+        JOIN predictions p USING (image_id)
+    """, {"crs": metric_crs}).fetch_record_batch(BATCH_ROWS):
+        row, col = cells(batch)
+        for attribute, classes in attributes.items():
+            of_attribute = _equal(batch.column("attribute"), attribute)
+            if not of_attribute.any():
+                continue
+            np.add.at(totals[attribute], (row[of_attribute], col[of_attribute]), 1)
+            for cls in classes:
+                hit = of_attribute & _equal(batch.column("label"), cls)
+                np.add.at(bands[band_of[(attribute, cls)]], (row[hit], col[hit]), 1)
+    for (attribute, cls), number in band_of.items():
+        total = totals[attribute]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            bands[number] = np.where(total > 0, bands[number] / total, np.nan)
     area = bands[0] > 0
     lines = con.execute("SELECT ST_AsWKB(ST_Transform(geometry, 'EPSG:4326', $crs, always_xy := true)) FROM segments",
                         {"crs": metric_crs}).fetchall()

@@ -16,11 +16,12 @@ from warehouse.manifest import write_manifest
 from warehouse.outputs import swap_in, verify_database
 
 
-def build_run_database(folder: RunFolder, *, images: pd.DataFrame, segments: gpd.GeoDataFrame,
+def build_run_database(folder: RunFolder, *, images: pd.DataFrame | str | os.PathLike, segments: gpd.GeoDataFrame,
                        predictions: pa.Table | Sequence[str | os.PathLike], failures: pd.DataFrame, metric_crs: str,
                        max_distance_m: float, heading_penalty_m: float, slice_by_year: bool) -> AuditCounts:
     """Build the run's ``audit.duckdb`` in its staging folder (moved into place once complete); returns the row counts.
 
+    ``images``: a frame or a Parquet file of the images contract;
     ``predictions``: the classification stage's Parquet chunk files (or a table of the predictions contract).
     """
     partial = folder.staging / ".audit.duckdb.partial"
