@@ -51,13 +51,15 @@ def city_audit(bbox: str | list[float] | None = None, area: AreaConfig = AreaCon
                                           config.outputs)
             credits = run_attribution(collection.attribution,
                                       road_source_for(config.roads.roads).attribution(config.roads.roads))
+            sources = {"images": config.imagery.source, "roads": str(config.roads.roads)}
             published = publish_outputs(folder, place, classified.model["trained"], credits, config.matching,
-                                        config.outputs)
+                                        config.outputs, sources)
             return finish_run(folder, parameters=config.parameters(), model=classified.model, adaptation=adapted,
                               counts=counts, failures=failures,
                               predictions_reused=classified.reused_images, chunks=len(classified.chunks),
                               chunks_reused=classified.reused_chunks, outputs=published, timings_s=timings_s,
-                              credits=credits, ingest={**collection.counts, **segments.attrs.get("counts", {})})
+                              credits=credits, ingest={**collection.counts, **segments.attrs.get("counts", {})},
+                              sources=sources, max_distance_m=config.matching.max_distance_m)
 
 
 def audit(**options) -> dict:

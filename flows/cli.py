@@ -92,6 +92,8 @@ def _print_summary(config: RunConfig, summary: dict) -> None:
     print(f"matched to a road segment: {summary['matched_images']} (within {config.matching.max_distance_m:g} m)")
     print(f"segments with predictions: {summary['segments_with_predictions']} of {summary['segments']}")
     print(f"failures:                  {summary['failures']} (see run.json)")
+    for cause in summary.get("empty_run") or ():
+        print(f"nothing to map: {cause}")
     if summary.get("adapted"):
         adapted = summary["adapted"]
         print(f"adapted ({adapted['method_name']}, on this run's {adapted['n_images']} images): "

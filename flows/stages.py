@@ -192,11 +192,13 @@ def build_audit_database(folder: RunFolder, area: BBox, collection: ImageCollect
 
 @stage("publish outputs")
 def publish_outputs(folder: RunFolder, area: BBox, model_trained: bool, credits: list[str], matching: MatchingConfig,
-                    outputs: OutputsConfig) -> dict[str, str]:
+                    outputs: OutputsConfig, sources: dict[str, str] | None = None) -> dict[str, str]:
+    """Every planner output from the built database into the staging folder (``sources``: the run's image and
+    road sources, which an empty run's report names)."""
     return publish_run(folder.database, folder.staging, {name: a.classes for name, a in ATTRIBUTES.items()},
                        metric_crs=area.utm_crs(), run_id=folder.run_id, model_trained=model_trained,
                        max_distance_m=matching.max_distance_m, cell_size_m=outputs.cell_size_m,
-                       partition_by_tile=outputs.tiles, attribution=credits, image_store=folder.store)
+                       partition_by_tile=outputs.tiles, attribution=credits, image_store=folder.store, sources=sources)
 
 
 def run_failures(collection: ImageCollection, classified: ClassificationResult) -> pd.DataFrame:

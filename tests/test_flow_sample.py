@@ -114,3 +114,24 @@ def test_the_flow_refuses_a_bad_bbox_before_any_work(prefect_harness, tmp_path):
     with pytest.raises(Exception, match="swapped"):
         audit(bbox="9.18,48.76,9.16,48.78", source="sample", model="tiny", out=str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()
+
+
+def test_an_empty_area_completes_and_says_why(prefect_harness, tmp_path):
+    """A box inside the sample's extent with no image and no road in it: a completed run whose summary,
+    run.json and report name the cause (the sample's extent) for each missing part."""
+    from flows.city_audit import audit
+
+    summary = audit(bbox="9.1622,48.7634,9.1623,48.7635", source="sample", model="tiny", out=str(tmp_path / "out"))
+    assert summary["images"] == 0 and summary["segments"] == 0
+    assert [c.split(":")[0] for c in summary["empty_run"]] == ["no images from source sample",
+                                                               "no road segments from roads sample"]
+    assert all("9.1621,48.7633,9.1755,48.7788" in c for c in summary["empty_run"])
+    manifest = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert manifest["empty_run"] == summary["empty_run"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "**Empty run.**" in report and all(f"> - {c}" in report for c in summary["empty_run"])
+
+
+def test_a_run_with_images_has_no_empty_run_note(sample_run):
+    assert sample_run["empty_run"] == []
+    assert "empty_run" not in json.loads(Path(sample_run["outputs"]["manifest"]).read_text())

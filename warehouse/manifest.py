@@ -37,8 +37,8 @@ def package_versions() -> dict[str, str]:
 
 def write_manifest(path: str | os.PathLike, *, run_id: str, parameters: Mapping[str, Any], model: Mapping[str, Any],
                    counts: Mapping[str, int], timings_s: Mapping[str, float], failures: list[dict],
-                   outputs: Mapping[str, str], attribution: list[str]) -> Path:
-    """Write ``run.json`` atomically and return its path."""
+                   outputs: Mapping[str, str], attribution: list[str], empty_run: list[str] | None = None) -> Path:
+    """Write ``run.json`` atomically and return its path (``empty_run``: why the run has nothing to map, if so)."""
     manifest = {
         "run_id": run_id,
         "finished_at": datetime.now(timezone.utc).isoformat(),
@@ -51,5 +51,6 @@ def write_manifest(path: str | os.PathLike, *, run_id: str, parameters: Mapping[
         "failures": failures,
         "outputs": dict(outputs),
         "attribution": attribution,
+        **({"empty_run": list(empty_run)} if empty_run else {}),
     }
     return write_text_atomic(path, json.dumps(manifest, indent=2, default=str) + "\n")

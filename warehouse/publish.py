@@ -31,7 +31,7 @@ def publish_run(database: str | os.PathLike, out: str | os.PathLike, attributes:
                 max_distance_m: float = 25.0, map_attribute: str = DEFAULT_MAP_ATTRIBUTE,
                 cell_size_m: float = DEFAULT_CELL_SIZE_M, partition_by_tile: bool = False,
                 attribution: Sequence[str] | None = None, image_store: str | os.PathLike | None = None,
-                map_images: int = MAP_MAX_IMAGES) -> dict[str, str]:
+                map_images: int = MAP_MAX_IMAGES, sources: Mapping[str, str] | None = None) -> dict[str, str]:
     """Write all planner outputs of a built audit database into ``out``; returns ``{name: path}``.
 
     ``attributes`` maps each attribute to its classes (in class order: it fixes the colours).
@@ -40,6 +40,7 @@ def publish_run(database: str | os.PathLike, out: str | os.PathLike, attributes:
     GeoPackage metadata; without it they are derived from the database (``default_attribution``).
     ``image_store``: the run's image folder, which ends up beside ``map.html`` (default ``out/images``):
     the interactive map shows thumbnails from it.
+    ``sources``: ``{"images": <imagery source>, "roads": <roads source>}``, named in the report of an empty run.
     ``map_images``: the most images ``map.png`` and ``map.html`` draw (every k-th in image_id order past it;
     their titles then say so); the GeoParquet files and the GeoPackage always hold every image. Images are
     read from the database batch by batch (``warehouse.export.image_batches``): memory does not grow with them.
@@ -74,5 +75,5 @@ def publish_run(database: str | os.PathLike, out: str | os.PathLike, attributes:
                                                  image_store=Path(image_store) if image_store else out / "images"))
         outputs["report"] = str(write_report(con, out / "report.md", run_id=run_id, model_trained=model_trained,
                                              max_distance_m=max_distance_m, attribution=credits,
-                                             outputs={**outputs, "database": str(database)}))
+                                             outputs={**outputs, "database": str(database)}, sources=sources))
     return outputs

@@ -12,8 +12,11 @@ import pyarrow as pa
 
 from contracts.results import RunFolder
 from warehouse.build import AuditCounts, build_audit_database
+from warehouse.db import connect
+from warehouse.defaults import DEFAULT_MAX_DISTANCE_M
 from warehouse.manifest import write_manifest
 from warehouse.outputs import swap_in, verify_database
+from warehouse.report import empty_run_causes
 
 
 def build_run_database(folder: RunFolder, *, images: pd.DataFrame | str | os.PathLike, segments: gpd.GeoDataFrame,
@@ -37,14 +40,19 @@ def finish_run(folder: RunFolder, *, parameters: Mapping[str, Any], model: Mappi
                adaptation: Mapping[str, Any] | None, counts: AuditCounts, failures: pd.DataFrame,
                predictions_reused: int, outputs: Mapping[str, str], timings_s: Mapping[str, float],
                credits: list[str], ingest: Mapping[str, Any] | None = None, chunks: int = 0,
-               chunks_reused: int = 0) -> dict[str, Any]:
+               chunks_reused: int = 0, sources: Mapping[str, str] | None = None,
+               max_distance_m: float = DEFAULT_MAX_DISTANCE_M) -> dict[str, Any]:
     """Write ``run.json``, check the outputs and swap them in as a whole; returns the run summary (counts,
     outputs, what was adapted). ``outputs`` are the published files, in the staging folder.
 
     ``predictions_reused``: images whose predictions came from complete chunk files of an earlier
     run; ``chunks`` / ``chunks_reused``: classification chunks in all / reused (both go into
-    ``run.json``'s counts)."""
+    ``run.json``'s counts). ``sources`` / ``max_distance_m``: the run's sources and match distance, which
+    say why an empty run is empty (``empty_run`` in the summary and in ``run.json``)."""
     verify_database(folder.database, counts.images, counts.segments)
+    with connect(folder.database, read_only=True) as con:
+        causes = empty_run_causes(con, images=counts.images, segments=counts.segments,
+                                  matched=counts.matched_images, max_distance_m=max_distance_m, sources=sources)
     summary = {
         "run_id": folder.run_id,
         "out": str(folder.out),
@@ -59,6 +67,7 @@ def finish_run(folder: RunFolder, *, parameters: Mapping[str, Any], model: Mappi
         "classification_chunks": int(chunks),
         "classification_chunks_reused": int(chunks_reused),
         "adapted": adaptation,
+        "empty_run": causes,
     }
     final = {name: str(folder.out / Path(path).relative_to(folder.staging)) for name, path in outputs.items()}
     final.update(database=str(folder.out / folder.database.name), image_store=str(folder.store),
@@ -68,6 +77,7 @@ def finish_run(folder: RunFolder, *, parameters: Mapping[str, Any], model: Mappi
         model={**model, **({"adaptation": adaptation} if adaptation else {})},
         counts={**{k: v for k, v in summary.items() if isinstance(v, int) and not isinstance(v, bool)},
                 "ingest": dict(ingest or {})},
-        timings_s=timings_s, failures=failures.to_dict("records"), outputs=final, attribution=credits)
+        timings_s=timings_s, failures=failures.to_dict("records"), outputs=final, attribution=credits,
+        empty_run=causes)
     swap_in(folder.staging, folder.out)
     return {**summary, "outputs": final}
