@@ -17,9 +17,14 @@ and the winner picked with ``np.lexsort``. Single-threaded.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["match_arrays", "match_connection"]
+
+NEAR_TIE_M = 1e-6
+_ATAN2 = np.frompyfunc(math.atan2, 2, 1)
 
 
 def _segments(coords: np.ndarray, offsets: np.ndarray):
@@ -34,11 +39,19 @@ def _segments(coords: np.ndarray, offsets: np.ndarray):
     length = np.sqrt(dx * dx + dy * dy)
     step = np.zeros(n_vertices)
     step[first + 1] = length
-    total = np.cumsum(step)
+    total = np.cumsum(step)  # global, only to search in
     base = np.zeros(len(offsets) - 1)
     nonempty = np.diff(offsets) > 0
     base[nonempty] = total[offsets[:-1][nonempty]]
-    cum = total - base[seg_of_vertex]  # local cumulative length per vertex
+    # local cumulative length per vertex, summed within its segment (not total - base: the same
+    # geometry must give the same bits wherever its segment lies in the arrays)
+    cum = np.zeros(n_vertices)
+    position = np.arange(n_vertices, dtype=np.int64) - offsets[:-1][seg_of_vertex]
+    by_position = np.argsort(position, kind="stable")
+    bounds = np.cumsum(np.bincount(position)) if n_vertices else np.zeros(0, np.int64)
+    for k in range(1, len(bounds)):
+        at = by_position[bounds[k - 1]:bounds[k]]
+        cum[at] = cum[at - 1] + step[at]
     seg_length = np.zeros(len(offsets) - 1)
     seg_length[nonempty] = cum[offsets[1:][nonempty] - 1]
     return first, seg_of_vertex[first], dx, dy, length, cum, total, base, seg_length
@@ -46,7 +59,7 @@ def _segments(coords: np.ndarray, offsets: np.ndarray):
 
 def match_arrays(px: np.ndarray, py: np.ndarray, heading: np.ndarray, coords: np.ndarray, offsets: np.ndarray,
                  seg_rank: np.ndarray, max_distance_m: float, heading_penalty_m: float, bearing_window_m: float,
-                 cell_m: float | None = None, batch: int = 65536):
+                 cell_m: float | None = None, batch: int = 8192):
     """Match metric points to metric polylines; returns (point index, segment index, distance_m, heading_difference_deg).
 
     ``heading``: degrees, NaN where an image has none (panorama, no compass angle). ``coords``: (n, 2)
@@ -54,6 +67,7 @@ def match_arrays(px: np.ndarray, py: np.ndarray, heading: np.ndarray, coords: np
     ``seg_rank``: the tie-break order of the segments (their rank by segment_id). Rows in point order.
     """
     px, py = np.asarray(px, dtype=np.float64), np.asarray(py, dtype=np.float64)
+    seg_rank = np.asarray(seg_rank, dtype=np.int64)
     heading = np.asarray(heading, dtype=np.float64)
     coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
     offsets = np.asarray(offsets, dtype=np.int64)
@@ -61,14 +75,14 @@ def match_arrays(px: np.ndarray, py: np.ndarray, heading: np.ndarray, coords: np
     if len(px) == 0 or len(coords) == 0:
         return empty
     D = float(max_distance_m)
-    cell = float(cell_m or D) or 1.0
+    cell = float(cell_m or D / 2) or 1.0
     first, eseg, edx, edy, elen, cum, total, base, seg_length = _segments(coords, offsets)
     if len(first) == 0:
         return empty
     ax, ay = coords[first, 0], coords[first, 1]
+    bx, by = coords[first + 1, 0], coords[first + 1, 1]
     len2 = edx * edx + edy * edy
-    with np.errstate(divide="ignore"):
-        inv_len2 = np.where(len2 > 0, 1.0 / len2, 0.0)  # zero-length edge: r = 0, the distance to its point
+    len2[len2 == 0] = 1.0  # a zero-length edge has r = 0 / 1: the distance to its point
     ecum = cum[first]
 
     # grid: every edge in each cell its bbox inflated by D touches
@@ -119,12 +133,15 @@ def match_arrays(px: np.ndarray, py: np.ndarray, heading: np.ndarray, coords: np
         pp = np.repeat(pts, counts)
         ends = np.cumsum(counts)
         ee = entry_edge[np.arange(n_pairs, dtype=np.int64) - np.repeat(ends - counts - lo, counts)]
-        wx = px[pp] - ax[ee]
-        wy = py[pp] - ay[ee]
+        # DuckDB's arithmetic, to the bit: the closest point a + r (b - a), or a end point when r is outside 0..1
+        qx, qy = px[pp], py[pp]
+        aex, aey = ax[ee], ay[ee]
         dxe, dye = edx[ee], edy[ee]
-        r = np.clip((wx * dxe + wy * dye) * inv_len2[ee], 0.0, 1.0)
-        wx -= r * dxe
-        wy -= r * dye
+        r = ((qx - aex) * dxe + (qy - aey) * dye) / len2[ee]
+        end = r >= 1
+        r = np.clip(r, 0.0, 1.0)
+        wx = qx - np.where(end, bx[ee], aex + r * dxe)
+        wy = qy - np.where(end, by[ee], aey + r * dye)
         d2 = wx * wx + wy * wy
         near = np.flatnonzero(d2 <= D2)
         if len(near) == 0:
@@ -160,15 +177,50 @@ def match_arrays(px: np.ndarray, py: np.ndarray, heading: np.ndarray, coords: np
         need = np.flatnonzero(with_heading & (length > 0))
         if len(need):
             s, L = gs[need], length[need]
-            at_fraction = (ecum[ge[need]] + gr[need] * elen[ge[need]]) / L
+            e = ge[need]
+            start_m, edge_m = ecum[e], elen[e]
+            at_fraction = (start_m + gr[need] * edge_m) / L
             w = window / L
-            before = _interpolate(np.maximum(at_fraction - w, 0.0) * L, s, coords, cum, total, base, offsets, last_vertex)
-            after = _interpolate(np.minimum(at_fraction + w, 1.0) * L, s, coords, cum, total, base, offsets, last_vertex)
-            bearing = (np.degrees(np.arctan2(after[0] - before[0], after[1] - before[1])) + 360) % 360
+            lo_m = np.maximum(at_fraction - w, 0.0) * L
+            hi_m = np.minimum(at_fraction + w, 1.0) * L
+            # DuckDB's ST_LineInterpolatePoint walks the edges to the first whose end reaches the target
+            # length, then a + t (b - a) with t = (target - start) / edge length. Where both window
+            # ends lie on the nearest edge (the common case) that edge is known without a search.
+            end_m = cum[first[e] + 1]
+            on_edge = ((start_m < lo_m) | (first[e] == offsets[s])) & (hi_m <= end_m) & (edge_m > 0)
+            before_x, before_y = _on_edge(lo_m, e, start_m, edge_m, ax, ay, edx, edy)
+            after_x, after_y = _on_edge(hi_m, e, start_m, edge_m, ax, ay, edx, edy)
+            bent = np.flatnonzero(~on_edge)
+            if len(bent):
+                sb = s[bent]
+                before_x[bent], before_y[bent] = _interpolate(lo_m[bent], sb, coords, cum, total, base, offsets, last_vertex)
+                after_x[bent], after_y[bent] = _interpolate(hi_m[bent], sb, coords, cum, total, base, offsets, last_vertex)
+            vx, vy = after_x - before_x, after_y - before_y
+            bearing = (np.degrees(np.arctan2(vx, vy)) + 360) % 360
             diff[need] = 90 - np.abs(90 - np.abs(hh[need] - bearing) % 180)
         score = gd + np.where(np.isnan(diff), 0.0, penalty * diff / 90)
-        order = np.lexsort((seg_rank[gs], gd, score, gp))
-        win = order[np.r_[True, gp[order][1:] != gp[order][:-1]]]
+        # the winner per point (contenders of a point are contiguous): lowest score, then distance, then rank
+        pb = np.r_[True, gp[1:] != gp[:-1]]
+        pstart = np.flatnonzero(pb)
+        pid = np.cumsum(pb) - 1
+        if len(need):
+            # numpy's vectorised arctan2 can differ from libm's (DuckDB's) in the last bit; where a point has
+            # contenders within NEAR_TIE_M of its best score, their bearings are redone with math.atan2 so
+            # that near-ties break exactly as in SQL
+            close = score <= np.minimum.reduceat(score, pstart)[pid] + NEAR_TIE_M
+            tied = (np.add.reduceat(close, pstart) > 1)[pid]
+            redo = np.flatnonzero(tied[need])
+            if len(redo):
+                bearing = (np.degrees(_ATAN2(vx[redo], vy[redo]).astype(np.float64)) + 360) % 360
+                at = need[redo]
+                diff[at] = 90 - np.abs(90 - np.abs(hh[at] - bearing) % 180)
+                score[at] = gd[at] + penalty * diff[at] / 90
+        best = score == np.minimum.reduceat(score, pstart)[pid]
+        dd = np.where(best, gd, np.inf)
+        best &= dd == np.minimum.reduceat(dd, pstart)[pid]
+        rr = np.where(best, seg_rank[gs], np.iinfo(np.int64).max)
+        best &= rr == np.minimum.reduceat(rr, pstart)[pid]
+        win = np.flatnonzero(best)
         out_p.append(gp[win])
         out_s.append(gs[win])
         out_d.append(gd[win])
@@ -180,16 +232,28 @@ def match_arrays(px: np.ndarray, py: np.ndarray, heading: np.ndarray, coords: np
     return p[back], np.concatenate(out_s)[back], np.concatenate(out_d)[back], np.concatenate(out_h)[back]
 
 
+def _on_edge(at_m, e, start_m, edge_m, ax, ay, edx, edy):
+    t = (at_m - start_m) / edge_m
+    return ax[e] + t * edx[e], ay[e] + t * edy[e]
+
+
 def _interpolate(at_m, seg, coords, cum, total, base, offsets, last_vertex):
-    """Points ``at_m`` metres along segments ``seg`` (0 <= at_m <= length)."""
-    j = np.searchsorted(total, base[seg] + at_m, "right") - 1
-    j = np.clip(j, offsets[seg], last_vertex[seg] - 1)
-    step = cum[j + 1] - cum[j]
+    """Points ``at_m`` metres along segments ``seg``, with DuckDB's arithmetic: the first edge whose
+    end is at or past ``at_m``, ``a + t (b - a)``, ``t = (at_m - start) / edge length``; past the end
+    (rounding), the last vertex."""
+    lo, hi = offsets[seg], last_vertex[seg] - 1
+    j = np.clip(np.searchsorted(total, base[seg] + at_m, "left") - 1, lo, hi)
+    for _ in range(2):  # settle on the local lengths (the global search can be a vertex off by rounding)
+        j = np.where((j < hi) & (cum[j + 1] < at_m), j + 1, j)
+        j = np.where((j > lo) & (cum[j] >= at_m), j - 1, j)
+    ex, ey = coords[j + 1, 0] - coords[j, 0], coords[j + 1, 1] - coords[j, 1]
+    step = np.sqrt(ex * ex + ey * ey)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(step > 0, (at_m - cum[j]) / step, 0.0)
-    t = np.clip(t, 0.0, 1.0)
-    x = coords[j, 0] + t * (coords[j + 1, 0] - coords[j, 0])
-    y = coords[j, 1] + t * (coords[j + 1, 1] - coords[j, 1])
+    x = coords[j, 0] + t * ex
+    y = coords[j, 1] + t * ey
+    past = cum[j + 1] < at_m
+    x[past], y[past] = coords[j[past] + 1, 0], coords[j[past] + 1, 1]
     return x, y
 
 
