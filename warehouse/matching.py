@@ -138,11 +138,19 @@ def match_arrays(px: np.ndarray, py: np.ndarray, heading: np.ndarray, coords: np
         aex, aey = ax[ee], ay[ee]
         dxe, dye = edx[ee], edy[ee]
         r = ((qx - aex) * dxe + (qy - aey) * dye) / len2[ee]
-        end = r >= 1
-        r = np.clip(r, 0.0, 1.0)
-        wx = qx - np.where(end, bx[ee], aex + r * dxe)
-        wy = qy - np.where(end, by[ee], aey + r * dye)
-        d2 = wx * wx + wy * wy
+        np.minimum(np.maximum(r, 0.0, out=r), 1.0, out=r)
+        wx = aex + r * dxe
+        np.subtract(qx, wx, out=wx)
+        wy = aey + r * dye
+        np.subtract(qy, wy, out=wy)
+        end = np.flatnonzero(r >= 1)
+        end_edge = ee[end]
+        wx[end] = qx[end] - bx[end_edge]
+        wy[end] = qy[end] - by[end_edge]
+        wx *= wx
+        wy *= wy
+        d2 = np.add(wx, wy, out=wx)
+        del qx, qy, aex, aey, dxe, dye, wy
         near = np.flatnonzero(d2 <= D2)
         if len(near) == 0:
             continue
