@@ -4,8 +4,9 @@ Segments come from real OSM road geometry (the Helsinki PBF read by ``geo.osm``)
 side by side on a grid until there are ``--segments`` of them; points are scattered up to
 ``--spread-m`` metres around random positions on random segments. Both engines answer the same
 question, each point's nearest segment within ``--max-distance-m`` (metric CRS), and the results
-are compared. A third line times the pipeline's own heading-aware ``warehouse/sql/match_images.sql``
-(lon/lat input, projection included). Each engine runs in its own fresh process so its peak memory
+are compared. A third line times the heading-aware ``warehouse/sql/match_images.sql`` (the rule's SQL reference)
+(lon/lat input, projection included), and a fifth the pipeline's numpy matcher ``warehouse/matching.py``
+(single-threaded), compared image by image with the SQL. Each engine runs in its own fresh process so its peak memory
 (max RSS: loading the inputs plus the join) is its own.
 
     python benchmarks/join.py                       # 1,000,000 points, 100,000 segments
@@ -153,7 +154,7 @@ def run_geopandas(workdir: str, max_distance_m: float, metric_crs: str, threads:
 
 
 def run_pipeline_sql(workdir: str, max_distance_m: float, metric_crs: str, threads: int) -> dict:
-    """The pipeline's heading-aware warehouse/sql/match_images.sql on lon/lat tables (projection included)."""
+    """The heading-aware warehouse/sql/match_images.sql (the rule's SQL reference) on lon/lat tables (projection included)."""
     from warehouse.build import DEFAULT_BEARING_WINDOW_M, DEFAULT_HEADING_PENALTY_M
     from contracts.tables import ddl
     from warehouse.db import connect, sql
