@@ -1,19 +1,22 @@
 """Heading-aware image-to-segment matching in vectorised numpy: the warehouse's ``matches`` table.
 
 It replaced ``sql/match_images.sql`` (kept as the reference the benchmark ``benchmarks/join.py``
-compares with: identical segments and distances at 100k and 1M images) and computes its rule: candidates are segments within ``max_distance_m`` (metric CRS); the chosen one
-has the lowest ``distance_m + heading_penalty_m * heading_difference_deg / 90`` where the heading
-difference is taken against the segment's *local* bearing between the points ``bearing_window_m``
-either side of the nearest point, folded to 0..90 (NULL for panoramas, images without a heading and
-zero-length segments); ties by distance, then segment_id.
+compares with: identical segments and distances at 100k and 1M images) and computes its rule:
+candidates are segments within ``max_distance_m`` (metric CRS); the chosen one has the lowest
+``distance_m + heading_penalty_m * heading_difference_deg / 90`` where the heading difference is
+taken against the segment's *local* bearing between the points ``bearing_window_m`` either side of
+the nearest point, folded to 0..90 (NULL for panoramas, images without a heading and zero-length
+segments); ties by distance, then segment_id.
 
 How: points and segment vertices are projected once (pyproj, always_xy); segments become edges; each
-edge is listed in every grid cell (size ``cell_m``) that its bounding box, inflated by
-``max_distance_m``, touches, so a point only looks at its own cell. Points are processed in batches in
-cell order: candidate (point, edge) pairs from ``searchsorted`` on the cell keys, point-to-edge
-distances in plain arithmetic, reduced to (point, segment) minima, contenders kept (within the penalty
-of the nearest; only the nearest without a heading), local bearings interpolated along the vertices,
-and the winner picked with ``np.lexsort``. Single-threaded.
+edge is listed in every grid cell (``cell_m``, default ``max_distance_m / 2``) that its bounding box,
+inflated by ``max_distance_m``, touches, so a point only looks at its own cell. Points are processed
+in batches in cell order: candidate (point, edge) pairs from ``searchsorted`` on the cell keys,
+point-to-edge distances in plain arithmetic, reduced to (point, segment) minima, contenders kept
+(within the penalty of the nearest; only the nearest without a heading), local bearings interpolated
+along the vertices, and the winner by score, distance, segment rank with ``reduceat``.
+Single-threaded. The arithmetic follows DuckDB spatial's to the bit (closest point ``a + r (b - a)``,
+interpolation walking the edges, lengths summed edge by edge), so ties break as in the SQL.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def match_arrays(px: np.ndarray, py: np.ndarray, heading: np.ndarray, coords: np
 
     ``heading``: degrees, NaN where an image has none (panorama, no compass angle). ``coords``: (n, 2)
     vertices of all segments, ``offsets``: segment k is ``coords[offsets[k]:offsets[k+1]]``.
-    ``seg_rank``: the tie-break order of the segments (their rank by segment_id). Rows in point order.
+    ``seg_rank``: the tie-break order of the segments (their distinct ranks by segment_id). Rows in point order.
     """
     px, py = np.asarray(px, dtype=np.float64), np.asarray(py, dtype=np.float64)
     seg_rank = np.asarray(seg_rank, dtype=np.int64)
