@@ -4,8 +4,9 @@ Segments come from real OSM road geometry (the Helsinki PBF read by ``geo.osm``)
 side by side on a grid until there are ``--segments`` of them; points are scattered up to
 ``--spread-m`` metres around random positions on random segments. Both engines answer the same
 question, each point's nearest segment within ``--max-distance-m`` (metric CRS), and the results
-are compared. A third line times the pipeline's own heading-aware ``warehouse/sql/match_images.sql``
-(lon/lat input, projection included). Each engine runs in its own fresh process so its peak memory
+are compared. A third line times the heading-aware ``warehouse/sql/match_images.sql`` (the rule's SQL reference)
+(lon/lat input, projection included), and a fifth the pipeline's numpy matcher ``warehouse/matching.py``
+(single-threaded), compared image by image with the SQL. Each engine runs in its own fresh process so its peak memory
 (max RSS: loading the inputs plus the join) is its own.
 
     python benchmarks/join.py                       # 1,000,000 points, 100,000 segments
@@ -153,7 +154,7 @@ def run_geopandas(workdir: str, max_distance_m: float, metric_crs: str, threads:
 
 
 def run_pipeline_sql(workdir: str, max_distance_m: float, metric_crs: str, threads: int) -> dict:
-    """The pipeline's heading-aware warehouse/sql/match_images.sql on lon/lat tables (projection included)."""
+    """The heading-aware warehouse/sql/match_images.sql (the rule's SQL reference) on lon/lat tables (projection included)."""
     from warehouse.build import DEFAULT_BEARING_WINDOW_M, DEFAULT_HEADING_PENALTY_M
     from contracts.tables import ddl
     from warehouse.db import connect, sql
@@ -174,6 +175,34 @@ def run_pipeline_sql(workdir: str, max_distance_m: float, metric_crs: str, threa
     matched = con.execute("SELECT count(*) FROM matches").fetchone()[0]
     return {"seconds": seconds, "cpu": cpu, "matched": matched, "rss_loaded_mb": loaded, "peak_rss_mb": _peak_rss_mb(),
             "threads": con.execute("SELECT current_setting('threads')").fetchone()[0]}
+
+
+def run_numpy_matcher(workdir: str, max_distance_m: float, metric_crs: str, threads: int) -> dict:
+    """The same heading-aware rule in vectorised numpy (``warehouse/matching.py``) on the same lon/lat tables.
+
+    Single-threaded whatever ``threads`` says (numpy here runs in one thread); reads the tables out of
+    DuckDB as Arrow and writes ``matches`` back, both inside the timing, like the pipeline would.
+    """
+    from contracts.tables import ddl
+    from warehouse.build import DEFAULT_BEARING_WINDOW_M, DEFAULT_HEADING_PENALTY_M
+    from warehouse.db import connect
+    from warehouse.matching import match_connection
+
+    con = connect()
+    con.execute(f"SET threads = {int(threads)}")
+    con.execute(ddl())
+    con.execute("""INSERT INTO segments (segment_id, geometry)
+                   SELECT id::VARCHAR, ST_GeomFromWKB(wkb_lonlat) FROM read_parquet($p)""", {"p": f"{workdir}/segments.parquet"})
+    con.execute("""INSERT INTO images (image_id, compass_angle, is_pano, lon, lat, geometry)
+                   SELECT id::VARCHAR, heading_deg, is_pano, lon, lat, ST_Point(lon, lat) FROM read_parquet($p)""",
+                {"p": f"{workdir}/points.parquet"})
+    loaded = _peak_rss_mb()
+    seconds, cpu, _ = _timed(lambda: match_connection(con, metric_crs, max_distance_m, DEFAULT_HEADING_PENALTY_M,
+                                                      DEFAULT_BEARING_WINDOW_M))
+    con.execute("COPY matches TO $p (FORMAT parquet)", {"p": f"{workdir}/numpy_result.parquet"})
+    matched = con.execute("SELECT count(*) FROM matches").fetchone()[0]
+    return {"seconds": seconds, "cpu": cpu, "matched": matched, "rss_loaded_mb": loaded, "peak_rss_mb": _peak_rss_mb(),
+            "threads": "1 (numpy)"}
 
 
 def run_heading_peer(workdir: str, max_distance_m: float, metric_crs: str, threads: int) -> dict:
@@ -234,7 +263,7 @@ def run_heading_peer(workdir: str, max_distance_m: float, metric_crs: str, threa
             "threads": threads}
 
 
-def compare_heading(workdir: Path) -> tuple[int, int, float, float, float]:
+def compare_heading(workdir: Path, other: str = "peer_result.parquet") -> tuple[int, int, float, float, float]:
     """Images matched by one side only, images matched to another segment, the largest score gap between
     the two choices of those (a near-tie when tiny), largest distance and heading differences."""
     import numpy as np
@@ -245,7 +274,10 @@ def compare_heading(workdir: Path) -> tuple[int, int, float, float, float]:
     a = pd.read_parquet(workdir / "pipeline_result.parquet")
     a["id"] = a["image_id"].astype("int64")
     a = a.set_index("id")
-    b = pd.read_parquet(workdir / "peer_result.parquet").set_index("id")
+    b = pd.read_parquet(workdir / other)
+    if "image_id" in b.columns:
+        b["id"] = b["image_id"].astype("int64")
+    b = b.set_index("id")
     only_one = len(a.index.symmetric_difference(b.index))
     both = a.index.intersection(b.index)
     a, b = a.loc[both], b.loc[both]
@@ -326,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_pipeline_sql:
             engines["duckdb match_images.sql (heading)"] = (run_pipeline_sql, (info["metric_crs"],))
             engines["shapely heading peer (STRtree)"] = (run_heading_peer, (info["metric_crs"],))
+            engines["numpy matcher (heading, 1 thread)"] = (run_numpy_matcher, (info["metric_crs"],))
         runs: dict[str, list[dict]] = {name: [] for name in engines}
         for _ in range(args.repeats):  # interleaved: load changes on a shared machine hit every engine alike
             for name, (fn, extra) in engines.items():
@@ -353,6 +386,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"heading ratio: match_images.sql uses {geo['cpu'] / pipe['cpu']:.2f}x less CPU than geopandas "
                   f"sjoin_nearest (goal >= 5x), {peer['cpu'] / pipe['cpu']:.2f}x less than the shapely heading peer; "
                   f"wall {pipe['seconds']:.2f} s (goal <= 3 s at 1M/100k), peak RSS {pipe['peak_rss_mb']:.0f} MB (goal <= 1024)")
+            npy = rows["numpy matcher (heading, 1 thread)"]
+            only_one, other, gap, dist, heading = compare_heading(workdir, "numpy_result.parquet")
+            print(f"numpy vs match_images.sql: {only_one} images matched by one side only, {other} matched to another "
+                  f"segment (their scores differ by at most {gap:.1e} m); "
+                  f"largest distance difference {dist:.2e} m, heading {heading:.2e} deg")
+            print(f"numpy ratio: {geo['cpu'] / npy['cpu']:.2f}x less CPU than geopandas sjoin_nearest (goal >= 5x), "
+                  f"{pipe['cpu'] / npy['cpu']:.2f}x less than match_images.sql; wall {npy['seconds']:.2f} s (goal <= 3 s "
+                  f"at 1M/100k), peak RSS {npy['peak_rss_mb']:.0f} MB (goal <= 1024)")
     return 0
 
 

@@ -20,6 +20,8 @@ def test_join_benchmark_small_run_agrees():
     assert "agreement: 0 points matched by only one engine" in out
     # the pipeline's heading-aware SQL chose the same segment as the shapely peer for every image
     assert "heading agreement: 0 images matched by one side only, 0 matched to another segment" in out
+    # the pipeline's numpy matcher chose the same segment as match_images.sql for every image
+    assert "numpy vs match_images.sql: 0 images matched by one side only, 0 matched to another segment" in out
     assert re.search(r"ratio: DuckDB is [0-9.]+x faster than geopandas sjoin_nearest", out)
     matched = re.findall(r"^(?:duckdb|geopandas) .*?\s([0-9,]+)\s+\d+\s+\d+\s+\d+$", out, flags=re.M)
     assert len(matched) == 3 and len(set(matched)) == 1, out  # every engine matched the same points

@@ -2,7 +2,7 @@
 
 ``build_audit_database`` is the whole warehouse stage: it creates the contract tables
 (``sql/schema.sql``), loads images, segments, predictions and failures, matches each image to
-its nearest segment (``sql/match_images.sql``), aggregates labels per segment
+its nearest segment (``warehouse/matching.py``), aggregates labels per segment
 (``sql/aggregate_segments.sql``) and creates the planner views (``sql/views.sql``).
 """
 
@@ -119,7 +119,7 @@ def build_audit_database(database: str | os.PathLike, *, images: pd.DataFrame | 
     classification stage's Parquet chunk files (read by DuckDB in one streaming scan);
     ``metric_crs`` is a projected CRS in metres (e.g. the bbox's UTM zone) used for distances.
     Matching: nearest segment within ``max_distance_m``, a segment across a camera's heading
-    counting ``heading_penalty_m`` further away (``sql/match_images.sql``); images left over get
+    counting ``heading_penalty_m`` further away (``warehouse/matching.py``); images left over get
     a reason in ``unmatched_reasons``. ``slice_by_year`` also fills ``segment_attributes_by_year``.
     """
     database = Path(database)
@@ -132,8 +132,9 @@ def build_audit_database(database: str | os.PathLike, *, images: pd.DataFrame | 
         _load_segments(con, segments)
         _load_predictions(con, predictions, run_id)
         _load_table(con, "failures", failures)
-        con.execute(sql("match_images"), {"metric_crs": metric_crs, "max_distance_m": max_distance_m,
-                                          "heading_penalty_m": heading_penalty_m, "bearing_window_m": bearing_window_m})
+        from warehouse.matching import match_connection  # numpy; replaced sql/match_images.sql (the benchmark's reference)
+
+        match_connection(con, metric_crs, max_distance_m, heading_penalty_m, bearing_window_m)
         con.execute(sql("unmatched_images"), {"metric_crs": metric_crs, "max_distance_m": max_distance_m,
                                               "search_distance_m": max_distance_m * UNMATCHED_SEARCH_FACTOR})
         con.execute(sql("aggregate_segments"))

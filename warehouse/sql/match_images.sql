@@ -1,3 +1,5 @@
+-- Reference only: the pipeline matches with warehouse/matching.py (numpy, same rule, identical rows);
+-- benchmarks/join.py runs this query and compares the two image by image.
 -- Each image to one road segment within $max_distance_m metres, preferring segments that run the
 -- way a non-panoramic camera looks. Distances are measured in $metric_crs (a UTM zone);
 -- always_xy keeps lon/lat axis order.
