@@ -22,6 +22,7 @@ import pyarrow as pa
 from contracts.tables import ddl
 from warehouse.db import connect, sql
 from warehouse.defaults import DEFAULT_HEADING_PENALTY_M, DEFAULT_MAX_DISTANCE_M
+from warehouse.matching import match_connection  # replaced sql/match_images.sql (the benchmark's reference)
 
 #: The local bearing of a segment is taken between points this far either side of the image's nearest point.
 DEFAULT_BEARING_WINDOW_M = 10.0
@@ -132,8 +133,6 @@ def build_audit_database(database: str | os.PathLike, *, images: pd.DataFrame | 
         _load_segments(con, segments)
         _load_predictions(con, predictions, run_id)
         _load_table(con, "failures", failures)
-        from warehouse.matching import match_connection  # numpy; replaced sql/match_images.sql (the benchmark's reference)
-
         match_connection(con, metric_crs, max_distance_m, heading_penalty_m, bearing_window_m)
         con.execute(sql("unmatched_images"), {"metric_crs": metric_crs, "max_distance_m": max_distance_m,
                                               "search_distance_m": max_distance_m * UNMATCHED_SEARCH_FACTOR})

@@ -25,6 +25,8 @@ import math
 
 import numpy as np
 
+from warehouse.db import sql
+
 __all__ = ["match_arrays", "match_connection"]
 
 NEAR_TIE_M = 1e-6
@@ -281,11 +283,8 @@ def match_connection(con, metric_crs: str, max_distance_m: float, heading_penalt
     import shapely
     from pyproj import Transformer
 
-    images = con.execute("""SELECT image_id, ST_X(geometry) AS lon, ST_Y(geometry) AS lat,
-                                   CASE WHEN is_pano IS NOT TRUE THEN compass_angle END AS heading_deg
-                            FROM images WHERE geometry IS NOT NULL""").to_arrow_table()
-    segments = con.execute("""SELECT segment_id, ST_AsWKB(geometry) AS wkb FROM segments
-                              WHERE geometry IS NOT NULL ORDER BY segment_id""").to_arrow_table()
+    images = con.execute(sql("matching_images")).to_arrow_table()
+    segments = con.execute(sql("matching_segments")).to_arrow_table()
     to_m = Transformer.from_crs("EPSG:4326", metric_crs, always_xy=True)
     lon = images["lon"].to_numpy(zero_copy_only=False)
     lat = images["lat"].to_numpy(zero_copy_only=False)
@@ -307,7 +306,7 @@ def match_connection(con, metric_crs: str, max_distance_m: float, heading_penalt
                      "heading_difference_deg": pa.array(h, type=pa.float64(), mask=np.isnan(h))})
     con.register("_numpy_matches", rows)
     try:
-        con.execute("INSERT INTO matches SELECT image_id, segment_id, distance_m, heading_difference_deg FROM _numpy_matches")
+        con.execute(sql("insert_matches"))
     finally:
         con.unregister("_numpy_matches")
     return len(p)
