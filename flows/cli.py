@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import sys
 import threading
@@ -330,9 +329,6 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"city-audit: error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        if argv is None:  # the command itself (not a caller in Python), about to exit:
-            gc.freeze()  # no last collection over torch's objects at exit (1-2 s); atexit handlers still run
 
 
 if __name__ == "__main__":

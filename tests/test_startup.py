@@ -4,7 +4,6 @@ Speed itself is measured by ``benchmarks/startup.py``, not here: these tests che
 each step imports, in a fresh interpreter, and that the background import of the model stack is safe.
 """
 
-import gc
 import json
 import subprocess
 import sys
@@ -56,14 +55,3 @@ def test_the_model_modules_are_what_the_model_stages_import():
     text = open(stages, encoding="utf-8").read()
     for module in cli.MODEL_MODULES:
         assert f"from {module} import" in text
-
-
-@pytest.mark.parametrize("argv, frozen", [(None, True), (["models"], False)])
-def test_only_the_command_itself_skips_the_last_collection_at_exit(monkeypatch, capsys, argv, frozen):
-    gc.unfreeze()
-    monkeypatch.setattr(sys, "argv", ["city-audit", "models"])
-    try:
-        assert cli.main(argv) == 0
-        assert (gc.get_freeze_count() > 0) is frozen
-    finally:
-        gc.unfreeze()
