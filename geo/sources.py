@@ -20,10 +20,9 @@ from typing import Any, Callable, Mapping
 from contracts.errors import CityAuditError
 from contracts.notices import OSM_ATTRIBUTION
 from contracts.registry import Registry
+from contracts.sample import SAMPLE_EXTENT, sample_extent_text
 
 SAMPLE_AREA = Path(__file__).parent / "sample_area" / "stuttgart"
-#: What the bundled sample covers (minlon, minlat, maxlon, maxlat): its 19 images and 190 road segments.
-SAMPLE_EXTENT = (9.1621, 48.7633, 9.1755, 48.7788)
 METADATA_NAMES = ("images.parquet", "images.csv")
 IMAGES_REQUIRED_COLUMNS = ("image_id", "lon", "lat", "path")
 
@@ -175,7 +174,7 @@ def check_sample_overlap(bbox: list[float] | tuple[float, ...], what: str) -> No
     min_lon, min_lat, max_lon, max_lat = bbox
     s_min_lon, s_min_lat, s_max_lon, s_max_lat = SAMPLE_EXTENT
     if max_lon < s_min_lon or min_lon > s_max_lon or max_lat < s_min_lat or min_lat > s_max_lat:
-        extent = ",".join(f"{v:g}" for v in SAMPLE_EXTENT)
+        extent = sample_extent_text()
         error = RoadSourceError if what == "roads" else ImagerySourceError
         raise error(
             f"the bundled sample {what} cover only {extent} (Stuttgart-West), and this bbox lies outside it: "

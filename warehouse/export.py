@@ -320,7 +320,7 @@ class _ImagesParquet:
                     con.execute("SET temp_directory = $t", {"t": str(self.path.parent / f".{self.path.name}.tmp")})
                     con.execute("SET threads = 2")
                     reader = con.execute("SELECT * EXCLUDE (_h, _pos) FROM read_parquet($f) ORDER BY _h, _pos",
-                                         {"f": str(self.scratch)}).fetch_record_batch(ROW_GROUP_SIZE)
+                                         {"f": str(self.scratch)}).to_arrow_reader(ROW_GROUP_SIZE)
                     pending, held = [], 0
                     for batch in reader:
                         pending.append(_conform(batch, self.schema))

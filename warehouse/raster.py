@@ -90,7 +90,7 @@ def write_coverage_raster(con: duckdb.DuckDBPyConnection, path: str | os.PathLik
     for batch in con.execute("""
         SELECT ST_X(g) AS x, ST_Y(g) AS y
         FROM (SELECT ST_Transform(geometry, 'EPSG:4326', $crs, always_xy := true) AS g FROM images)
-    """, {"crs": metric_crs}).fetch_record_batch(BATCH_ROWS):
+    """, {"crs": metric_crs}).to_arrow_reader(BATCH_ROWS):
         np.add.at(bands[0], cells(batch), 1)
     totals = {attribute: np.zeros((height, width)) for attribute in attributes}
     band_of = {}
@@ -103,7 +103,7 @@ def write_coverage_raster(con: duckdb.DuckDBPyConnection, path: str | os.PathLik
         SELECT ST_X(i.g) AS x, ST_Y(i.g) AS y, p.attribute, p.label
         FROM (SELECT image_id, ST_Transform(geometry, 'EPSG:4326', $crs, always_xy := true) AS g FROM images) i
         JOIN predictions p USING (image_id)
-    """, {"crs": metric_crs}).fetch_record_batch(BATCH_ROWS):
+    """, {"crs": metric_crs}).to_arrow_reader(BATCH_ROWS):
         row, col = cells(batch)
         for attribute, classes in attributes.items():
             of_attribute = _equal(batch.column("attribute"), attribute)

@@ -17,7 +17,7 @@ import duckdb
 
 from contracts.files import write_text_atomic
 from contracts.notices import UNTRAINED_NOTE
-from geo.sources import SAMPLE_EXTENT
+from contracts.sample import SAMPLE_IMAGES, SAMPLE_SEGMENTS, sample_extent_text
 from warehouse.db import sql
 
 OUTPUT_HELP = {
@@ -37,13 +37,14 @@ OUTPUT_HELP = {
 
 #: What each image source says when it found no image in the bbox (``{extent}``: the bundled sample's).
 NO_IMAGES_BECAUSE = {
-    "sample": "the bundled sample's 19 images lie within {extent} (Stuttgart-West) only, and none in this bbox",
+    "sample": f"the bundled sample's {SAMPLE_IMAGES} images lie within {{extent}} (Stuttgart-West) only, and none in this bbox",
     "mapillary": "Mapillary has no image in this bbox that passed the filters (no coverage, or --start/--end, "
                  "--max-images and the other Mapillary options excluded them)",
     "folder": "no image of the folder lies inside this bbox (check its lon/lat columns against the bbox)",
 }
 NO_ROADS_BECAUSE = {
-    "sample": "the bundled sample's 190 road segments lie within {extent} (Stuttgart-West) only, and none in this bbox",
+    "sample": f"the bundled sample's {SAMPLE_SEGMENTS} road segments lie within {{extent}} (Stuttgart-West) only, "
+              "and none in this bbox",
 }
 
 
@@ -56,7 +57,7 @@ def empty_run_causes(con: duckdb.DuckDBPyConnection, *, images: int, segments: i
     The run's failures (the ``failures`` table) are summarised when no image is left.
     """
     sources = dict(sources or {})
-    extent = ",".join(f"{v:g}" for v in SAMPLE_EXTENT)
+    extent = sample_extent_text()
     image_source, road_source = sources.get("images"), sources.get("roads")
     causes = []
     if not images:
