@@ -128,3 +128,19 @@ def test_planner_views_exist(tmp_path):
     with connect(db, read_only=True) as con:
         assert con.execute("SELECT segment_id FROM coverage_gaps").fetchall() == [("ns",)]
         assert con.execute("SELECT segment_id, attribute, label FROM segment_labels").fetchall() == [("ew", "quality", "good")]
+
+
+def test_duckdb_memory_is_uncapped_by_default_and_an_out_of_memory_build_says_what_to_do(tmp_path, monkeypatch):
+    from warehouse.build import DuckDBMemoryError, duckdb_memory
+
+    monkeypatch.delenv("CITY_AUDIT_DUCKDB_MEMORY", raising=False)
+    assert duckdb_memory() is None  # DuckDB's own default (80 % of the memory); a fixed cap broke 1M-image builds
+    images = _images([(f"i{k}", k % 100, 5, 0.0, False, "2024-05-01T10:00Z") for k in range(2000)])
+    predictions = _predictions([(f"i{k}", a, "clear", 0.9) for k in range(2000) for a in ("weather", "lighting")])
+    monkeypatch.setenv("CITY_AUDIT_DUCKDB_MEMORY", "1KB")
+    with pytest.raises(DuckDBMemoryError, match=r"ran out of memory while building the run's database: raise "
+                                                r"CITY_AUDIT_DUCKDB_MEMORY \(now 1KB\) or unset it"):
+        _build(tmp_path, images, predictions)
+    monkeypatch.setenv("CITY_AUDIT_DUCKDB_MEMORY", "lots")
+    with pytest.raises(ValueError, match="give a size such as 512MB or 2GB"):
+        duckdb_memory()

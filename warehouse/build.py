@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import duckdb
 import geopandas as gpd
 import pandas as pd
 import pyarrow as pa
 
+from contracts.errors import CityAuditError
 from contracts.tables import ddl
 from warehouse.db import connect, sql
 from warehouse.defaults import DEFAULT_HEADING_PENALTY_M, DEFAULT_MAX_DISTANCE_M
@@ -29,23 +31,48 @@ DEFAULT_BEARING_WINDOW_M = 10.0
 #: Unmatched images report their nearest segment within this many times the matching distance.
 UNMATCHED_SEARCH_FACTOR = 10.0
 WILSON_Z_95 = 1.959964
-#: DuckDB's memory while it builds or publishes a run's database; past it, DuckDB evicts pages it has written and
-#: spills sorts, joins and aggregates to a temporary folder beside the database, so the run's memory does not grow
-#: with its images. ``$CITY_AUDIT_DUCKDB_MEMORY`` (e.g. ``2GB``) overrides it.
-DEFAULT_DUCKDB_MEMORY = "512MB"
+#: ``$CITY_AUDIT_DUCKDB_MEMORY`` (e.g. ``2GB``) caps DuckDB's memory while it builds or publishes a run's
+#: database; past it DuckDB spills sorts, joins and aggregates to a temporary folder beside the database.
+#: Unset, DuckDB's own default applies (80 % of the machine's memory). A fixed 512 MB default was tried and
+#: dropped: it saved little at 100k images, and at 1M images the predictions' primary-key index (8M keys)
+#: does not fit in it, so the build failed (benchmarks/README.md, the city benchmark).
+DUCKDB_MEMORY_ENV = "CITY_AUDIT_DUCKDB_MEMORY"
 
 
-def duckdb_memory() -> str:
-    value = os.environ.get("CITY_AUDIT_DUCKDB_MEMORY", DEFAULT_DUCKDB_MEMORY).strip()
+class DuckDBMemoryError(CityAuditError, MemoryError):
+    """DuckDB ran out of memory while building or publishing a run's database."""
+
+
+def duckdb_memory() -> str | None:
+    """The memory cap from ``$CITY_AUDIT_DUCKDB_MEMORY`` (None when unset: DuckDB's default)."""
+    value = os.environ.get(DUCKDB_MEMORY_ENV, "").strip()
+    if not value:
+        return None
     if not re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*[KMGT]i?B", value, flags=re.IGNORECASE):
-        raise ValueError(f"CITY_AUDIT_DUCKDB_MEMORY={value!r}: give a size such as 512MB or 2GB")
+        raise ValueError(f"{DUCKDB_MEMORY_ENV}={value!r}: give a size such as 512MB or 2GB, or unset it")
     return value
 
 
 def limit_memory(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-    """Cap ``con``'s memory at ``duckdb_memory()``."""
-    con.execute(f"SET memory_limit = '{duckdb_memory()}'")
+    """Cap ``con``'s memory at ``duckdb_memory()``, if one is set."""
+    limit = duckdb_memory()
+    if limit:
+        con.execute(f"SET memory_limit = '{limit}'")  # a validated size: SET takes no bound parameter
     return con
+
+
+@contextmanager
+def memory_errors(what: str) -> Iterator[None]:
+    """Turn DuckDB's out-of-memory error during ``what`` into a ``DuckDBMemoryError`` that says what to do."""
+    try:
+        yield
+    except duckdb.OutOfMemoryException as exc:
+        limit = duckdb_memory()
+        advice = (f"raise {DUCKDB_MEMORY_ENV} (now {limit}) or unset it" if limit else
+                  f"free memory on this machine or run on one with more (DuckDB's limit: 80 % of it; "
+                  f"{DUCKDB_MEMORY_ENV} sets another)")
+        raise DuckDBMemoryError(f"DuckDB ran out of memory while {what}: {advice}; "
+                                f"DuckDB said: {str(exc).splitlines()[0]}") from exc
 
 
 @dataclass
@@ -126,7 +153,7 @@ def build_audit_database(database: str | os.PathLike, *, images: pd.DataFrame | 
     database = Path(database)
     database.unlink(missing_ok=True)
     Path(f"{database}.wal").unlink(missing_ok=True)
-    with connect(database) as con:
+    with memory_errors("building the run's database"), connect(database) as con:
         limit_memory(con)
         con.execute(ddl())
         _load_images(con, images)

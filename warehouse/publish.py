@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 from contracts.notices import UNTRAINED
 from warehouse.attribution import credit_text, default_attribution
-from warehouse.build import limit_memory
+from warehouse.build import limit_memory, memory_errors
 from warehouse.db import connect
 from warehouse.export import MAP_MAX_IMAGES, export_run, image_count, segments_frame
 from warehouse.map_html import write_map_html
@@ -49,7 +49,7 @@ def publish_run(database: str | os.PathLike, out: str | os.PathLike, attributes:
     if map_attribute not in attributes:
         map_attribute = next(iter(attributes))
     warning = f" ({UNTRAINED})" if model_trained is False else ""
-    with connect(database, read_only=True) as con:
+    with memory_errors("publishing the run's outputs"), connect(database, read_only=True) as con:
         limit_memory(con)
         credits = list(attribution) if attribution is not None else default_attribution(con)
         untrained = model_trained is False
