@@ -153,11 +153,10 @@ def run_geopandas(workdir: str, max_distance_m: float, metric_crs: str, threads:
             "threads": threads}
 
 
-def run_pipeline_sql(workdir: str, max_distance_m: float, metric_crs: str, threads: int) -> dict:
-    """The heading-aware warehouse/sql/match_images.sql (the rule's SQL reference) on lon/lat tables (projection included)."""
-    from warehouse.build import DEFAULT_BEARING_WINDOW_M, DEFAULT_HEADING_PENALTY_M
+def _contract_tables(workdir: str, threads: int):
+    """A DuckDB connection with the benchmark's points and segments loaded into the warehouse's contract tables."""
     from contracts.tables import ddl
-    from warehouse.db import connect, sql
+    from warehouse.db import connect
 
     con = connect()
     con.execute(f"SET threads = {int(threads)}")
@@ -167,6 +166,15 @@ def run_pipeline_sql(workdir: str, max_distance_m: float, metric_crs: str, threa
     con.execute("""INSERT INTO images (image_id, compass_angle, is_pano, lon, lat, geometry)
                    SELECT id::VARCHAR, heading_deg, is_pano, lon, lat, ST_Point(lon, lat) FROM read_parquet($p)""",
                 {"p": f"{workdir}/points.parquet"})
+    return con
+
+
+def run_pipeline_sql(workdir: str, max_distance_m: float, metric_crs: str, threads: int) -> dict:
+    """The heading-aware warehouse/sql/match_images.sql (the rule's SQL reference) on lon/lat tables (projection included)."""
+    from warehouse.build import DEFAULT_BEARING_WINDOW_M, DEFAULT_HEADING_PENALTY_M
+    from warehouse.db import sql
+
+    con = _contract_tables(workdir, threads)
     loaded = _peak_rss_mb()
     seconds, cpu, _ = _timed(lambda: con.execute(sql("match_images"), {
         "metric_crs": metric_crs, "max_distance_m": max_distance_m,
@@ -183,19 +191,10 @@ def run_numpy_matcher(workdir: str, max_distance_m: float, metric_crs: str, thre
     Single-threaded whatever ``threads`` says (numpy here runs in one thread); reads the tables out of
     DuckDB as Arrow and writes ``matches`` back, both inside the timing, like the pipeline would.
     """
-    from contracts.tables import ddl
     from warehouse.build import DEFAULT_BEARING_WINDOW_M, DEFAULT_HEADING_PENALTY_M
-    from warehouse.db import connect
     from warehouse.matching import match_connection
 
-    con = connect()
-    con.execute(f"SET threads = {int(threads)}")
-    con.execute(ddl())
-    con.execute("""INSERT INTO segments (segment_id, geometry)
-                   SELECT id::VARCHAR, ST_GeomFromWKB(wkb_lonlat) FROM read_parquet($p)""", {"p": f"{workdir}/segments.parquet"})
-    con.execute("""INSERT INTO images (image_id, compass_angle, is_pano, lon, lat, geometry)
-                   SELECT id::VARCHAR, heading_deg, is_pano, lon, lat, ST_Point(lon, lat) FROM read_parquet($p)""",
-                {"p": f"{workdir}/points.parquet"})
+    con = _contract_tables(workdir, threads)
     loaded = _peak_rss_mb()
     seconds, cpu, _ = _timed(lambda: match_connection(con, metric_crs, max_distance_m, DEFAULT_HEADING_PENALTY_M,
                                                       DEFAULT_BEARING_WINDOW_M))
