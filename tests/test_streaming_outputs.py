@@ -15,7 +15,7 @@ import pyogrio
 import pytest
 
 from classify.schema import ATTRIBUTES
-from warehouse import export
+from warehouse import export, frames
 from warehouse.db import connect
 
 NAMES = list(ATTRIBUTES)
@@ -28,8 +28,8 @@ def database(sample_run) -> Path:
 
 def test_batches_have_the_types_and_rows_of_one_whole_read(database):
     with connect(database, read_only=True) as con:
-        whole = export.images_frame(con, NAMES)
-        parts = list(export.image_batches(con, NAMES, batch=4))
+        whole = frames.images_frame(con, NAMES)
+        parts = list(frames.image_batches(con, NAMES, batch=4))
     assert len(whole) > 8 and len(parts) == -(-len(whole) // 4)
     assert all(list(p.dtypes) == list(whole.dtypes) for p in parts)
     joined = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs="EPSG:4326")
@@ -37,10 +37,10 @@ def test_batches_have_the_types_and_rows_of_one_whole_read(database):
 
 
 def test_streamed_export_writes_the_files_of_the_whole_frame(database, tmp_path, monkeypatch):
-    monkeypatch.setattr(export, "IMAGE_BATCH", 4)
+    monkeypatch.setattr(frames, "IMAGE_BATCH", 4)
     monkeypatch.setattr(export, "ROW_GROUP_SIZE", 5)
     with connect(database, read_only=True) as con:
-        segments, images = export.segments_frame(con, NAMES), export.images_frame(con, NAMES)
+        segments, images = frames.segments_frame(con, NAMES), frames.images_frame(con, NAMES)
         whole = export.export_run(segments, images, tmp_path / "whole", metadata={"RUN_ID": "x"})
         export.write_geoparquet(images, tmp_path / "whole" / "images.parquet", row_group_size=5)
         streamed = export.export_run(segments, con, tmp_path / "streamed", metadata={"RUN_ID": "x"},

@@ -16,7 +16,8 @@ from contracts.notices import UNTRAINED
 from warehouse.attribution import credit_text, default_attribution
 from warehouse.build import limit_memory, memory_errors
 from warehouse.db import connect
-from warehouse.export import MAP_MAX_IMAGES, export_run, image_count, segments_frame
+from warehouse.export import export_run
+from warehouse.frames import MAP_MAX_IMAGES, image_count, segments_frame
 from warehouse.map_html import write_map_html
 from warehouse.maps import write_map_png
 from warehouse.raster import DEFAULT_CELL_SIZE_M, write_coverage_raster
@@ -43,7 +44,7 @@ def publish_run(database: str | os.PathLike, out: str | os.PathLike, attributes:
     ``sources``: ``{"images": <imagery source>, "roads": <roads source>}``, named in the report of an empty run.
     ``map_images``: the most images ``map.png`` and ``map.html`` draw (every k-th in image_id order past it;
     their titles then say so); the GeoParquet files and the GeoPackage always hold every image. Images are
-    read from the database batch by batch (``warehouse.export.image_batches``): memory does not grow with them.
+    read from the database batch by batch (``warehouse.frames.image_batches``): memory does not grow with them.
     """
     out = Path(out)
     if map_attribute not in attributes:
