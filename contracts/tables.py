@@ -119,6 +119,16 @@ DATABASE_TABLES: dict[str, pa.Schema] = {
     "failures": FAILURES,
 }
 
+#: The key of each run-database table with a row per image or prediction. ``sql/schema.sql`` declares no
+#: PRIMARY KEY for these (DuckDB would hold its index in memory: 8M keys at 1M images); they are unique by
+#: construction, and ``warehouse.build.check_unique_keys`` checks them once the database is built.
+UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
+    "images": ("image_id",),
+    "predictions": ("image_id", "attribute", "run_id"),
+    "matches": ("image_id",),
+    "unmatched_reasons": ("image_id",),
+}
+
 
 class ContractError(CityAuditError, ValueError):
     """A table that does not follow a data contract (missing columns, wrong types)."""
