@@ -30,11 +30,12 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from PIL import Image
 from tqdm.auto import tqdm
 
 from contracts.results import ImageCollection, UnitDiscovery
-from contracts.tables import IMAGES, IMAGES_REQUIRED, ContractError, conform, failures_frame
+from contracts.tables import IMAGES, IMAGES_REQUIRED, ContractError, conform, conform_table, failures_frame
 from geo.area import OUTSIDE_AREA
 from geo.bbox import BBox
 from geo.sources import (IMAGERY_SOURCES, METADATA_NAMES, SAMPLE_AREA, ImagerySourceError,  # noqa: F401 - SAMPLE_AREA: API
@@ -113,15 +114,18 @@ class LocalFolderSource:
         self.metadata_file = next(self.folder / n for n in METADATA_NAMES if (self.folder / n).is_file())
 
     def _read_metadata(self) -> pd.DataFrame:
-        if self.metadata_file.suffix == ".parquet":
-            frame = pd.read_parquet(self.metadata_file)
-        else:
-            frame = pd.read_csv(self.metadata_file, dtype={"image_id": str, "sequence_id": str})
         try:
-            table = conform(frame, IMAGES, IMAGES_REQUIRED, what=str(self.metadata_file))
+            if self.metadata_file.suffix == ".parquet":  # cast in Arrow: one pandas copy of a city's table, not two
+                table = conform_table(pq.read_table(self.metadata_file), IMAGES, IMAGES_REQUIRED,
+                                      what=str(self.metadata_file))
+            else:
+                frame = pd.read_csv(self.metadata_file, dtype={"image_id": str, "sequence_id": str})
+                table = conform(frame, IMAGES, IMAGES_REQUIRED, what=str(self.metadata_file))
+                del frame
         except ContractError as exc:
             raise ImagerySourceError(str(exc)) from None
         images = table.to_pandas()
+        del table
         if images["image_id"].isna().any() or images["image_id"].duplicated().any():
             dupes = images.loc[images["image_id"].duplicated(), "image_id"].tolist()[:5]
             raise ImagerySourceError(f"{self.metadata_file}: image_id must be present and unique (duplicates: {dupes})")
