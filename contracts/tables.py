@@ -119,6 +119,16 @@ DATABASE_TABLES: dict[str, pa.Schema] = {
     "failures": FAILURES,
 }
 
+#: The key of each run-database table with a row per image or prediction. ``sql/schema.sql`` declares no
+#: PRIMARY KEY for these (DuckDB would hold its index in memory: 8M keys at 1M images); they are unique by
+#: construction, and ``warehouse.build.check_unique_keys`` checks them once the database is built.
+UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
+    "images": ("image_id",),
+    "predictions": ("image_id", "attribute", "run_id"),
+    "matches": ("image_id",),
+    "unmatched_reasons": ("image_id",),
+}
+
 
 class ContractError(CityAuditError, ValueError):
     """A table that does not follow a data contract (missing columns, wrong types)."""
@@ -150,6 +160,44 @@ def conform(frame: pd.DataFrame, schema: pa.Schema, required: tuple[str, ...] = 
                 raise ContractError(f"{what}: column {field.name!r} cannot be read as {field.type}: {exc}") from None
         else:
             arrays.append(pa.nulls(len(frame), type=field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _castable(have: pa.DataType, want: pa.DataType) -> bool:
+    """True when Arrow casts ``have`` to ``want`` exactly as ``conform``'s pandas path converts it."""
+    if have == want or pa.types.is_null(have):
+        return True
+    if pa.types.is_string(want):
+        return pa.types.is_string(have) or pa.types.is_large_string(have)
+    if pa.types.is_timestamp(want):
+        return pa.types.is_timestamp(have)  # naive values are UTC, as pd.to_datetime(utc=True) reads them
+    if pa.types.is_floating(want):
+        return pa.types.is_floating(have) or pa.types.is_integer(have)
+    if pa.types.is_integer(want):
+        return pa.types.is_integer(have)
+    return False
+
+
+def conform_table(table: pa.Table, schema: pa.Schema, required: tuple[str, ...] = (), what: str = "table") -> pa.Table:
+    """``conform`` for an Arrow table: column by column in Arrow, without a pandas copy of the whole table.
+
+    Columns of types Arrow converts the same way (strings, timestamps, numbers) are cast; a table with
+    any other column goes through ``conform`` (pandas), so both give the same table and the same errors.
+    """
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise ContractError(f"{what} is missing required column(s) {missing}; it has {table.column_names}")
+    if not all(_castable(table.schema.field(f.name).type, f.type) for f in schema if f.name in table.column_names):
+        return conform(table.to_pandas(), schema, required, what)
+    arrays = []
+    for field in schema:
+        if field.name in table.column_names:
+            try:
+                arrays.append(table.column(field.name).cast(field.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ContractError(f"{what}: column {field.name!r} cannot be read as {field.type}: {exc}") from None
+        else:
+            arrays.append(pa.nulls(len(table), type=field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 

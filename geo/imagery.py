@@ -28,12 +28,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from PIL import Image
 from tqdm.auto import tqdm
 
 from contracts.results import ImageCollection, UnitDiscovery
-from contracts.tables import IMAGES, IMAGES_REQUIRED, ContractError, conform, failures_frame
+from contracts.tables import IMAGES, IMAGES_REQUIRED, ContractError, conform, conform_table, failures_frame
 from geo.area import OUTSIDE_AREA
 from geo.bbox import BBox
 from geo.sources import (IMAGERY_SOURCES, METADATA_NAMES, SAMPLE_AREA, ImagerySourceError,  # noqa: F401 - SAMPLE_AREA: API
@@ -112,15 +114,18 @@ class LocalFolderSource:
         self.metadata_file = next(self.folder / n for n in METADATA_NAMES if (self.folder / n).is_file())
 
     def _read_metadata(self) -> pd.DataFrame:
-        if self.metadata_file.suffix == ".parquet":
-            frame = pd.read_parquet(self.metadata_file)
-        else:
-            frame = pd.read_csv(self.metadata_file, dtype={"image_id": str, "sequence_id": str})
         try:
-            table = conform(frame, IMAGES, IMAGES_REQUIRED, what=str(self.metadata_file))
+            if self.metadata_file.suffix == ".parquet":  # cast in Arrow: one pandas copy of a city's table, not two
+                table = conform_table(pq.read_table(self.metadata_file), IMAGES, IMAGES_REQUIRED,
+                                      what=str(self.metadata_file))
+            else:
+                frame = pd.read_csv(self.metadata_file, dtype={"image_id": str, "sequence_id": str})
+                table = conform(frame, IMAGES, IMAGES_REQUIRED, what=str(self.metadata_file))
+                del frame
         except ContractError as exc:
             raise ImagerySourceError(str(exc)) from None
         images = table.to_pandas()
+        del table
         if images["image_id"].isna().any() or images["image_id"].duplicated().any():
             dupes = images.loc[images["image_id"].duplicated(), "image_id"].tolist()[:5]
             raise ImagerySourceError(f"{self.metadata_file}: image_id must be present and unique (duplicates: {dupes})")
@@ -350,27 +355,38 @@ def store_images(source: ImagerySource, candidates: pd.DataFrame, store: Path, *
         except Exception as exc:  # noqa: BLE001 - recorded per image, the run goes on
             return exc
 
-    kept, paths, checks, stamps, failures = [], [], [], [], []
+    # per image only fixed-size numpy cells (no tuple, digest string or datetime object each): at 1M images
+    # the Python objects of the results cost ~250 MB beside the candidates (benchmarks/README.md, city)
+    n = len(candidates)
+    ok = np.zeros(n, bool)
+    width, height = np.zeros(n, np.int32), np.zeros(n, np.int32)
+    fetched = np.zeros(n, "datetime64[us]")
+    digests = np.zeros(n, "S64")  # hex sha256: 64 ASCII bytes
+    names: list[str | None] | None = None if in_place else [None] * n  # in place the path is the origin
+    failures = []
     # reading, hashing and decoding release the GIL: local files are checked by a few threads, in order
-    workers = CHECK_THREADS if in_place and len(candidates) > 1 else 1
+    workers = CHECK_THREADS if in_place and n > 1 else 1
     with ThreadPoolExecutor(workers) as pool:
         def outcomes():  # in chunks: never a future per image of a whole city at once
-            for start in range(0, len(candidates), 1024):
-                chunk = range(start, min(len(candidates), start + 1024))
+            for start in range(0, n, 1024):
+                chunk = range(start, min(n, start + 1024))
                 yield from (pool.map(attempt, chunk) if workers > 1 else map(attempt, chunk))
 
-        for i, outcome in enumerate(tqdm(outcomes(), total=len(candidates), desc=f"collecting {source.name} images",
+        for i, outcome in enumerate(tqdm(outcomes(), total=n, desc=f"collecting {source.name} images",
                                          unit="img", disable=not progress)):
             if isinstance(outcome, Exception):
                 failures.append((ids[i], "collect", f"{_kind(outcome)}: {type(outcome).__name__}: {outcome}"))
                 continue
-            kept.append(i)
-            paths.append(outcome[0])
-            checks.append(outcome[1])
-            stamps.append(outcome[2])
-    sha, width, height = (list(v) for v in zip(*checks)) if checks else ([], [], [])
+            name, (digest, width[i], height[i]), stamp = outcome
+            ok[i], digests[i], fetched[i] = True, digest, np.datetime64(stamp.replace(tzinfo=None), "us")
+            if names is not None:
+                names[i] = name
+    kept = np.flatnonzero(ok)
     images = candidates.iloc[kept][columns].reset_index(drop=True).assign(
-        path=paths, width=width, height=height, sha256=sha, fetched_at=pd.to_datetime(stamps, utc=True))
+        path=[origins[i] for i in kept] if names is None else [names[i] for i in kept],
+        width=width[kept], height=height[kept], sha256=[d.decode() for d in digests[kept]],
+        fetched_at=pd.DatetimeIndex(fetched[kept]).tz_localize("UTC"))
+    del ids, origins, names, digests
     images = conform(images.reindex(columns=[*IMAGES.names]), IMAGES, what="collected images").to_pandas()
     return ImageCollection(images, failures_frame(failures))
 

@@ -111,3 +111,20 @@ def test_every_error_a_user_can_fix_derives_from_the_root():
              if isinstance(value, type) and issubclass(value, Exception) and value.__module__ == module.__name__]
     assert len(found) >= 15
     assert all(issubclass(error, CityAuditError) for error in found), [e for e in found if not issubclass(e, CityAuditError)]
+
+
+def test_conform_table_casts_in_arrow_as_conform_does_in_pandas():
+    import pandas as pd
+
+    from contracts.tables import IMAGES, IMAGES_REQUIRED, ContractError, conform, conform_table
+
+    frame = pd.DataFrame({"image_id": ["a", "b"], "lon": [9, 10], "lat": [48.5, None], "path": ["a.jpg", None],
+                          "captured_at": pd.to_datetime(["2024-05-01 10:00", None]), "extra": [1, 2]})
+    arrow = pa.Table.from_pandas(frame, preserve_index=False)
+    arrow = arrow.set_column(0, "image_id", arrow.column("image_id").cast(pa.large_string()))
+    expected = conform(frame, IMAGES, IMAGES_REQUIRED)
+    assert conform_table(arrow, IMAGES, IMAGES_REQUIRED).equals(expected)
+    as_text = frame.assign(captured_at=["2024-05-01T10:00:00Z", None])  # strings: the pandas path parses them
+    assert conform_table(pa.Table.from_pandas(as_text), IMAGES, IMAGES_REQUIRED).equals(conform(as_text, IMAGES, IMAGES_REQUIRED))
+    with pytest.raises(ContractError, match=r"missing required column\(s\) \['path'\]"):
+        conform_table(arrow.drop_columns(["path"]), IMAGES, IMAGES_REQUIRED)

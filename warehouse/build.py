@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from contracts.errors import CityAuditError
-from contracts.tables import ddl
+from contracts.tables import UNIQUE_KEYS, ddl
 from warehouse.db import connect, sql
 from warehouse.defaults import DEFAULT_HEADING_PENALTY_M, DEFAULT_MAX_DISTANCE_M
 from warehouse.matching import match_connection  # replaced sql/match_images.sql (the benchmark's reference)
@@ -32,33 +32,62 @@ DEFAULT_BEARING_WINDOW_M = 10.0
 UNMATCHED_SEARCH_FACTOR = 10.0
 WILSON_Z_95 = 1.959964
 #: ``$CITY_AUDIT_DUCKDB_MEMORY`` (e.g. ``2GB``) caps DuckDB's memory while it builds or publishes a run's
-#: database; past it DuckDB spills sorts, joins and aggregates to a temporary folder beside the database.
-#: Unset, DuckDB's own default applies (80 % of the machine's memory). A fixed 512 MB default was tried and
-#: dropped: it saved little at 100k images, and at 1M images the predictions' primary-key index (8M keys)
-#: does not fit in it, so the build failed (benchmarks/README.md, the city benchmark).
+#: database; past it DuckDB spills sorts, joins and aggregates to a temporary folder beside the database
+#: (DuckDB's own default, ``<database>.tmp``). Unset, the cap is ``DEFAULT_DUCKDB_MEMORY``; ``none`` leaves
+#: DuckDB's default (80 % of the machine's memory). History: a 512 MB default failed the 1M-image build,
+#: because the predictions' PRIMARY KEY index (8M keys) must stay in memory; the image-sized tables now
+#: have no such index (``contracts/sql/schema.sql``, ``check_unique_keys``), so everything that remains
+#: can spill, and 1 GB built 1M images (benchmarks/README.md, the city benchmark).
 DUCKDB_MEMORY_ENV = "CITY_AUDIT_DUCKDB_MEMORY"
+DEFAULT_DUCKDB_MEMORY = "1GB"
 
 
 class DuckDBMemoryError(CityAuditError, MemoryError):
     """DuckDB ran out of memory while building or publishing a run's database."""
 
 
+class DuplicateRowsError(CityAuditError, ValueError):
+    """A run-database table has two rows with the same key (``contracts.tables.UNIQUE_KEYS``)."""
+
+
 def duckdb_memory() -> str | None:
-    """The memory cap from ``$CITY_AUDIT_DUCKDB_MEMORY`` (None when unset: DuckDB's default)."""
+    """The memory cap: ``$CITY_AUDIT_DUCKDB_MEMORY``, ``DEFAULT_DUCKDB_MEMORY`` when unset, None for ``none``."""
     value = os.environ.get(DUCKDB_MEMORY_ENV, "").strip()
     if not value:
+        return DEFAULT_DUCKDB_MEMORY
+    if value.lower() == "none":
         return None
     if not re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*[KMGT]i?B", value, flags=re.IGNORECASE):
-        raise ValueError(f"{DUCKDB_MEMORY_ENV}={value!r}: give a size such as 512MB or 2GB, or unset it")
+        raise ValueError(f"{DUCKDB_MEMORY_ENV}={value!r}: give a size such as 512MB or 2GB, or none for "
+                         f"DuckDB's default (80 % of the memory), or unset it ({DEFAULT_DUCKDB_MEMORY})")
     return value
 
 
 def limit_memory(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-    """Cap ``con``'s memory at ``duckdb_memory()``, if one is set."""
+    """Cap ``con``'s memory at ``duckdb_memory()``, if there is one."""
     limit = duckdb_memory()
     if limit:
         con.execute(f"SET memory_limit = '{limit}'")  # a validated size: SET takes no bound parameter
     return con
+
+
+def check_unique_keys(con: duckdb.DuckDBPyConnection, tables: Sequence[str] = tuple(UNIQUE_KEYS)) -> None:
+    """Raise ``DuplicateRowsError`` when one of ``tables`` repeats a key (``contracts.tables.UNIQUE_KEYS``).
+
+    These tables declare no PRIMARY KEY (its index would have to fit in memory); one aggregate per table,
+    which DuckDB can spill, stands in for it. The loaders make the keys unique (one chunk file per chunk
+    of distinct images, one match or reason per image), so this fires only on a bug or a corrupt input.
+    """
+    for table in tables:
+        keys = UNIQUE_KEYS[table]
+        columns = ", ".join(keys)  # constants of contracts.tables
+        repeated = con.execute(f"SELECT {columns}, count(*) FROM {table} GROUP BY ALL HAVING count(*) > 1 LIMIT 1"
+                               ).fetchone()
+        if repeated:
+            key = ", ".join(f"{k}={v!r}" for k, v in zip(keys, repeated))
+            raise DuplicateRowsError(f"the run database's {table} table has {repeated[-1]} rows for {key}; "
+                                     f"its key ({columns}) must be unique: the stage that wrote it has a bug, "
+                                     f"or an input (a chunk file, the images table) repeats a row")
 
 
 @contextmanager
@@ -68,7 +97,7 @@ def memory_errors(what: str) -> Iterator[None]:
         yield
     except duckdb.OutOfMemoryException as exc:
         limit = duckdb_memory()
-        advice = (f"raise {DUCKDB_MEMORY_ENV} (now {limit}) or unset it" if limit else
+        advice = (f"raise {DUCKDB_MEMORY_ENV} (now {limit}; none: DuckDB's default, 80 % of the memory)" if limit else
                   f"free memory on this machine or run on one with more (DuckDB's limit: 80 % of it; "
                   f"{DUCKDB_MEMORY_ENV} sets another)")
         raise DuckDBMemoryError(f"DuckDB ran out of memory while {what}: {advice}; "
@@ -160,9 +189,11 @@ def build_audit_database(database: str | os.PathLike, *, images: pd.DataFrame | 
         _load_segments(con, segments)
         _load_predictions(con, predictions, run_id)
         _load_table(con, "failures", failures)
+        check_unique_keys(con, ("images", "predictions"))  # before matching joins on them
         match_connection(con, metric_crs, max_distance_m, heading_penalty_m, bearing_window_m)
         con.execute(sql("unmatched_images"), {"metric_crs": metric_crs, "max_distance_m": max_distance_m,
                                               "search_distance_m": max_distance_m * UNMATCHED_SEARCH_FACTOR})
+        check_unique_keys(con, ("matches", "unmatched_reasons"))
         con.execute(sql("aggregate_segments"))
         con.execute("INSERT INTO segment_attributes BY NAME SELECT * EXCLUDE (capture_year) FROM segment_aggregates($z, false)",
                     {"z": WILSON_Z_95})

@@ -1,6 +1,12 @@
 -- The run database: one table per data contract (architecture §2). Geometry is WGS84 lon/lat.
+-- Keys: the tables with a row per image or per prediction (images, predictions, matches,
+-- unmatched_reasons) declare no PRIMARY KEY: DuckDB keeps a primary key's ART index in memory, which
+-- at 1M images (8M prediction rows) outgrew a 512 MB memory limit (benchmarks/README.md, city).
+-- Their keys, marked "-- key" below, are unique by construction and checked once after the build
+-- (warehouse.build.check_unique_keys: a DuplicateRowsError naming the table and one repeated key).
+-- The tables with a row per segment keep their PRIMARY KEY: they grow with the roads, not the images.
 CREATE TABLE IF NOT EXISTS images (
-    image_id      VARCHAR PRIMARY KEY,
+    image_id      VARCHAR NOT NULL,  -- key
     source        VARCHAR,
     sequence_id   VARCHAR,
     captured_at   TIMESTAMPTZ,
@@ -34,12 +40,12 @@ CREATE TABLE IF NOT EXISTS predictions (
     probabilities MAP(VARCHAR, FLOAT),
     method        VARCHAR NOT NULL,  -- zeroshot, mhadapter, microclip, fair
     model_id      VARCHAR NOT NULL,  -- backbone content hash + head id
-    run_id        VARCHAR NOT NULL,
-    PRIMARY KEY (image_id, attribute, run_id)
+    run_id        VARCHAR NOT NULL
+    -- key: (image_id, attribute, run_id)
 );
 
 CREATE TABLE IF NOT EXISTS matches (
-    image_id               VARCHAR PRIMARY KEY,
+    image_id               VARCHAR NOT NULL,  -- key
     segment_id             VARCHAR NOT NULL,
     distance_m             DOUBLE,
     heading_difference_deg DOUBLE   -- 0..90 between camera heading and road bearing; NULL for panoramas
@@ -62,7 +68,7 @@ CREATE TABLE IF NOT EXISTS segment_attributes (
 
 -- Images with no segment within the matching distance, and why (sql/unmatched_images.sql).
 CREATE TABLE IF NOT EXISTS unmatched_reasons (
-    image_id            VARCHAR PRIMARY KEY,
+    image_id            VARCHAR NOT NULL,  -- key
     reason              VARCHAR NOT NULL,
     nearest_segment_id  VARCHAR,   -- within the wider search radius, if any
     nearest_distance_m  DOUBLE
