@@ -2,8 +2,8 @@
 
 Writes synthetic chunk files (the predictions contract: 8 rows per image with their probability
 maps, 2048 images per file) for two image counts, then times the warehouse's own load
-(``warehouse/sql/load_predictions.sql`` into the table of ``contracts/sql/schema.sql``, whose
-primary key checks that no prediction is duplicated) in a fresh DuckDB file each, with the
+(``warehouse/sql/load_predictions.sql`` into the table of ``contracts/sql/schema.sql``, then
+``warehouse.build.check_unique_keys``, which checks that no prediction is duplicated) in a fresh DuckDB file each, with the
 given threads and memory limit. Prints seconds, rows/s, peak RSS and the ratios between the
 sizes, so the row count where the merge stops being "a minute" can be read off.
 
@@ -54,6 +54,7 @@ def _prepare(root: Path, images: int) -> list[str]:
 
 def _measure(root: Path, images: int, threads: int, memory_limit: str) -> dict:
     from contracts.tables import ddl
+    from warehouse.build import check_unique_keys
     from warehouse.db import connect, sql
 
     files = [str(root / f"chunk-{i:05d}.parquet") for i in range((images + CHUNK - 1) // CHUNK)]
@@ -62,6 +63,7 @@ def _measure(root: Path, images: int, threads: int, memory_limit: str) -> dict:
         con.execute(ddl())
         start, cpu = time.perf_counter(), time.process_time()
         con.execute(sql("load_predictions"), {"files": files, "run_id": "benchmark"})
+        check_unique_keys(con, ["predictions"])
         con.execute("CHECKPOINT")
         seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu
         rows = con.execute("SELECT count(*) FROM predictions").fetchone()[0]
