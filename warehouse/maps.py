@@ -2,8 +2,8 @@
 
 Each panel colours road segments by the dominant label of one attribute with the class colours
 of ``warehouse.styles`` (segments without images in grey; one matplotlib line collection per
-colour) and shows the images as dots, over a contextily basemap when its tiles can be reached (fetched once, with a short deadline: an offline machine gets the road network alone at
-once), with the names of the main streets along their longest segment. The sheet has metric axes
+colour) and shows the images as dots, over a contextily basemap when its tiles can be reached
+(fetched once, with a short deadline: an offline machine gets the road network alone at once), with the names of the main streets along their longest segment. The sheet has metric axes
 in km without offset notation, a scale bar, a north arrow, the UNTRAINED warning in the title
 where it applies and the run's credit lines at the foot. The interactive map lives in
 ``warehouse.map_html``.
